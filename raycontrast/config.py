@@ -1,0 +1,577 @@
+"""Experiment configuration.
+
+One dataclass per concern (model, data, contrast, bank, optim, train, eval, debug), composed into
+:class:`ExperimentConfig`. Every field carries its documentation, its allowed choices and its range in
+``dataclasses.field(metadata=...)`` (see :func:`param`), so validation and the CLI's ``--help-config`` are
+derived from one place.
+
+YAML files may inherit with ``_base_: other.yaml`` (a path relative to the file, or a list of paths; later
+bases and the file itself win). Command-line overrides are dotted ``key=value`` pairs whose values are
+parsed as YAML (``contrast.loss_weight=0.5``, ``data.crop_size=[256,256]``).
+
+Example:
+    >>> cfg = load_config("experiments/synthetic.yaml", ["train.iterations=20"])
+    >>> cfg.train.iterations
+    20
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "BankConfig",
+    "ConfigError",
+    "ContrastConfig",
+    "DataConfig",
+    "DebugConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SyntheticConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "describe_config",
+    "load_config",
+    "parse_overrides",
+    "save_config",
+]
+
+DEFAULT_EXPERIMENT = "experiments/synthetic.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file, key or value is invalid; the message says which and what is expected."""
+
+
+def param(
+    default: Any,
+    help: str,
+    *,
+    choices: Iterable[Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field with documentation, allowed choices and numeric bounds."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None}
+    meta.update(ge=ge, gt=gt, le=le, lt=lt)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelConfig:
+    """Segmentor: a timm ``features_only`` backbone, a decode head and a training-only projection head."""
+
+    backbone: str = param("resnet50", "timm model name used with features_only=True.")
+    pretrained: bool | str = param(
+        False,
+        "false; true (timm hub, needs internet); or a path to a local weights file "
+        "(.pth/.pt/.bin/.safetensors).",
+    )
+    output_stride: int | None = param(
+        8,
+        "Backbone output stride via dilation (8, 16, 32); null keeps the backbone's native strides.",
+        choices=(8, 16, 32, None),
+    )
+    out_indices: list[int] | None = param(
+        None, "Backbone feature levels to use (timm out_indices); null = all levels."
+    )
+    head: str = param("deeplabv3", "Decode head.", choices=("fcn", "deeplabv3", "fpn"))
+    head_channels: int = param(256, "Channels inside the decode head.", ge=1)
+    dropout: float = param(0.1, "Dropout before the classifier.", ge=0.0, lt=1.0)
+    aux_head: bool = param(False, "Add an auxiliary FCN head on the second-to-last level.")
+    proj_dim: int = param(256, "Projection-head output dimension D.", ge=1)
+    proj_input: str = param(
+        "last",
+        "Projection-head input: the last backbone level, or all levels upsampled and "
+        "concatenated (HRNet style).",
+        choices=("last", "concat"),
+    )
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in procedurally generated dataset (no download)."""
+
+    num_train: int = param(256, "Number of training images.", ge=1)
+    num_val: int = param(48, "Number of validation images.", ge=1)
+    image_size: list[int] = param([128, 128], "Image size [height, width].")
+    seed: int = param(0, "Base seed; image i of a split is a pure function of (seed, split, i).")
+
+
+@dataclass
+class DataConfig:
+    """Dataset, its on-disk source, ingestion and augmentation."""
+
+    dataset: str = param(
+        "synthetic",
+        "Dataset layout.",
+        choices=("synthetic", "cityscapes", "ade20k", "voc", "folder"),
+    )
+    root: str = param("", "Dataset root folder (its standard layout). Unused for synthetic.")
+    train_split: str = param("train", "Split used for training.")
+    val_split: str = param("val", "Split used for evaluation.")
+    source: str = param(
+        "files",
+        "Read the standard layout ('files') or Parquet shards written by `raycontrast convert` "
+        "('parquet', from parquet_dir).",
+        choices=("files", "parquet"),
+    )
+    parquet_dir: str = param("", "Folder holding <split>/ Parquet shards and manifest.json.")
+    ingest: str = param(
+        "torch",
+        "Per-worker torch DataLoader ('torch') or Ray Data streaming of Parquet shards ('ray_data').",
+        choices=("torch", "ray_data"),
+    )
+    num_classes: int | None = param(None, "Number of classes; null takes the dataset's.", ge=1)
+    class_names: list[str] | None = param(
+        None, "Class names for the 'folder' dataset (else read from <root>/classes.txt)."
+    )
+    ignore_index: int = param(255, "Label value excluded from loss, metrics and the bank.")
+    voc_aug: bool = param(False, "Pascal VOC: use SegmentationClassAug masks when present.")
+    crop_size: list[int] = param([512, 1024], "Training crop [height, width].")
+    scale_range: list[float] = param([0.5, 2.0], "Random rescale range [min, max].")
+    flip: bool = param(True, "Random horizontal flip.")
+    color_jitter: float = param(
+        0.25, "Photometric jitter strength (brightness/contrast/saturation); 0 disables.", ge=0.0
+    )
+    mean: list[float] = param([0.485, 0.456, 0.406], "Normalisation mean (RGB, 0-1 scale).")
+    std: list[float] = param([0.229, 0.224, 0.225], "Normalisation std (RGB, 0-1 scale).")
+    loader_workers: int = param(2, "torch DataLoader worker processes per Train worker.", ge=0)
+    on_bad_sample: str = param(
+        "error",
+        "A corrupt or inconsistent sample: raise naming the file, or skip it (skips are counted).",
+        choices=("error", "skip"),
+    )
+    synthetic: SyntheticConfig = field(
+        default_factory=SyntheticConfig, metadata={"help": "Built-in synthetic dataset."}
+    )
+
+
+@dataclass
+class ContrastConfig:
+    """Pixel contrast (SPEC.md): sampling, in-batch and memory terms, the memory bank's shape."""
+
+    enabled: bool = param(True, "Add the pixel-contrast loss.")
+    loss_weight: float = param(0.1, "Weight of the contrast loss.", ge=0.0)
+    warmup_iters: int = param(5000, "Contrast loss is zero (with a graph) before this iteration.", ge=0)
+    tau: float = param(0.1, "Temperature.", gt=0.0)
+    tau_base: float = param(0.07, "Base temperature; the loss is scaled by tau / tau_base.", gt=0.0)
+    max_samples: int = param(1024, "Anchor budget per batch (per worker).", ge=1)
+    max_views: int = param(100, "Anchors per (image, class) at most; smaller classes are skipped.", ge=1)
+    inbatch: bool = param(True, "Add the in-batch pixel-to-pixel term.")
+    memory: str = param(
+        "none",
+        "Memory terms: none, pixel queue, region queue, or both.",
+        choices=("none", "pixel", "region", "both"),
+    )
+    memory_size: int = param(5000, "Entries per class per queue.", ge=1)
+    pixel_update_freq: int = param(10, "Pixels enqueued per (image, class) per step.", ge=1)
+    memory_dtype: str = param(
+        "float32", "Bank storage dtype.", choices=("float32", "float16", "bfloat16")
+    )
+    memory_sampling: str = param(
+        "all",
+        "Entries contrasted from memory.",
+        choices=("all", "hardest", "semi_hard", "mixed"),
+    )
+    k: int = param(1024, "Entries per anchor for hardest / semi_hard / mixed.", ge=1)
+    top_fraction: float = param(0.1, "semi_hard: fraction of hardest entries drawn from.", gt=0.0, le=1.0)
+    hard_fraction: float = param(0.5, "mixed: fraction of k that are hardest negatives.", ge=0.0, le=1.0)
+    reset_every_epoch: bool = param(False, "Empty the bank at the start of each epoch.")
+
+
+@dataclass
+class BankConfig:
+    """How workers share the memory bank."""
+
+    mode: str = param(
+        "actor",
+        "actor: one Ray actor holds the global bank; allgather: records exchanged with "
+        "torch.distributed.all_gather; local: a private bank per worker.",
+        choices=("actor", "allgather", "local"),
+    )
+    overlap: bool = param(
+        False,
+        "actor mode: exchange records in the background while the next step computes "
+        "(the bank a step sees is one step stale).",
+    )
+    snapshot_every: int = param(
+        0,
+        "actor mode: also snapshot the actor's bank to the run directory every N writes "
+        "(0: only with checkpoints).",
+        ge=0,
+    )
+
+
+@dataclass
+class OptimConfig:
+    """SGD with a poly learning-rate schedule."""
+
+    lr: float = param(0.01, "Base learning rate.", gt=0.0)
+    momentum: float = param(0.9, "SGD momentum.", ge=0.0, lt=1.0)
+    weight_decay: float = param(5e-4, "Weight decay.", ge=0.0)
+    poly_power: float = param(0.9, "lr = base_lr * (1 - it / iterations) ** power.", ge=0.0)
+    grad_clip: float | None = param(None, "Clip the gradient norm to this value.", gt=0.0)
+
+
+@dataclass
+class TrainConfig:
+    """The training run: length, workers, precision, logging and checkpoints."""
+
+    iterations: int = param(40000, "Training iterations.", ge=1)
+    batch_size: int = param(8, "Global batch size (split evenly across workers).", ge=1)
+    num_workers: int = param(2, "Ray Train workers.", ge=1)
+    use_gpu: bool = param(False, "One GPU per worker (nccl); otherwise CPU (gloo).")
+    cpus_per_worker: float = param(1.0, "CPUs reserved per Train worker.", gt=0.0)
+    amp: str = param(
+        "none", "Mixed precision: none, bf16, or fp16 (GPU, with a grad scaler).",
+        choices=("none", "bf16", "fp16"),
+    )
+    sync_bn: bool = param(False, "Convert BatchNorm to SyncBatchNorm when world size > 1.")
+    aux_weight: float = param(0.4, "Weight of the auxiliary head's cross-entropy.", ge=0.0)
+    eval_every: int = param(4000, "Evaluate (and checkpoint) every N iterations; the last always.", ge=1)
+    log_every: int = param(50, "Console / CSV / TensorBoard logging period.", ge=1)
+    seed: int = param(0, "Global seed (model init, sampling, augmentation).")
+    on_nonfinite: str = param(
+        "stop", "A non-finite loss: stop the run naming the term, or skip the step.",
+        choices=("stop", "skip"),
+    )
+    max_failures: int = param(2, "Worker-group restarts from the last checkpoint before giving up.", ge=0)
+    collective_timeout_s: int = param(600, "Timeout of torch.distributed collectives.", ge=1)
+
+
+@dataclass
+class EvalConfig:
+    """Inference used by evaluation."""
+
+    mode: str = param("whole", "Inference mode.", choices=("whole", "slide", "multiscale"))
+    crop_size: list[int] | None = param(None, "Sliding-window crop [h, w] (default: data.crop_size).")
+    stride: list[int] | None = param(None, "Sliding-window stride [h, w] (default: 2/3 of the crop).")
+    scales: list[float] = param([1.0], "Multi-scale factors.")
+    flip: bool = param(False, "Average with the horizontally flipped prediction.")
+    max_images: int | None = param(None, "Evaluate on at most this many images (null: all).", ge=1)
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection for reliability tests."""
+
+    fail_at_iteration: int = param(-1, "Kill a Train worker once when this iteration starts (-1: off).")
+    fail_rank: int = param(0, "Rank that fails.", ge=0)
+    nonfinite_at_iteration: int = param(-1, "Make the contrast term non-finite at this iteration.")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: what `raycontrast train` runs."""
+
+    name: str = param("experiment", "Run name; rerunning with the same name resumes.")
+    storage_path: str = param(
+        "runs", "Where run directories go: a local folder, NFS path or s3:// URI."
+    )
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data."})
+    contrast: ContrastConfig = field(default_factory=ContrastConfig, metadata={"help": "Contrast."})
+    bank: BankConfig = field(default_factory=BankConfig, metadata={"help": "Memory bank sharing."})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimiser."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training run."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    debug: DebugConfig = field(default_factory=DebugConfig, metadata={"help": "Fault injection."})
+
+    def __post_init__(self) -> None:
+        check_consistency(self)
+
+
+def check_consistency(cfg: ExperimentConfig) -> None:
+    """Cross-field rules that single-field validation cannot express."""
+    pairs = {
+        "data.crop_size": cfg.data.crop_size,
+        "data.synthetic.image_size": cfg.data.synthetic.image_size,
+        "eval.crop_size": cfg.eval.crop_size,
+        "eval.stride": cfg.eval.stride,
+    }
+    for key, value in pairs.items():
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            raise ConfigError(f"{key} must be [height, width] with positive values, got {value!r}")
+    lo, hi = (cfg.data.scale_range + [0, 0])[:2]
+    if len(cfg.data.scale_range) != 2 or not 0 < lo <= hi:
+        raise ConfigError(f"data.scale_range must be [min, max] with 0 < min <= max, got {cfg.data.scale_range!r}")
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
+        raise ConfigError("data.mean and data.std must hold 3 values (RGB), std > 0")
+    if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
+        raise ConfigError(f"eval.scales must be positive factors, got {cfg.eval.scales!r}")
+    if cfg.data.ingest == "ray_data" and cfg.data.source != "parquet":
+        raise ConfigError(
+            "data.ingest=ray_data streams Parquet shards: set data.source=parquet and data.parquet_dir "
+            "(write shards with `raycontrast convert`)"
+        )
+    if cfg.data.source == "parquet" and not cfg.data.parquet_dir:
+        raise ConfigError("data.source=parquet needs data.parquet_dir")
+    if cfg.data.dataset != "synthetic" and cfg.data.source == "files" and not cfg.data.root:
+        raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}")
+    if cfg.train.batch_size % cfg.train.num_workers:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} must be divisible by "
+            f"train.num_workers={cfg.train.num_workers} (it is the global batch)"
+        )
+    if cfg.train.amp == "fp16" and not cfg.train.use_gpu:
+        raise ConfigError("train.amp=fp16 needs train.use_gpu=true; use bf16 on CPU")
+    if cfg.bank.overlap and cfg.bank.mode != "actor":
+        raise ConfigError("bank.overlap=true applies to bank.mode=actor only")
+
+
+# ------------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _suggest(key: str, options: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, (_, tp) in _fields(cls).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(tp):
+            keys.extend(_all_keys(tp, f"{prefix}{name}."))
+    return keys
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError; ints are accepted as floats, nothing else."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this module does not know
+        raise TypeError(f"unsupported config type {tp!r} for {key}")
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_bounds(value: Any, meta: Mapping[str, Any], key: str) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        shown = ", ".join("null" if c is None else str(c) for c in choices)
+        raise ConfigError(f"{key}={value!r} is not one of: {shown}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    for op, bound, ok in (
+        (">=", meta.get("ge"), lambda v, b: v >= b),
+        (">", meta.get("gt"), lambda v, b: v > b),
+        ("<=", meta.get("le"), lambda v, b: v <= b),
+        ("<", meta.get("lt"), lambda v, b: v < b),
+    ):
+        if bound is not None and not ok(value, bound):
+            raise ConfigError(f"{key}={value!r} is out of range: must be {op} {bound}")
+
+
+def config_from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "", source: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested mapping, validating keys, types, choices and ranges.
+
+    Args:
+        cls: the dataclass to build (e.g. ExperimentConfig).
+        data: nested mapping; missing keys keep their defaults.
+        prefix: dotted prefix used in error messages.
+        source: where the data came from (a file name), used in error messages.
+    """
+    data = dict(data or {})
+    fields = _fields(cls)
+    where = f" (in {source})" if source else ""
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = str(unknown[0])
+        suggestion = _suggest(key, fields, prefix) or _suggest(prefix + key, _all_keys(ExperimentConfig))
+        raise ConfigError(f"unknown config key {prefix + str(key)!r}{where}{suggestion}")
+    kwargs = {}
+    for name, (f, tp) in fields.items():
+        if name not in data:
+            continue
+        key = prefix + name
+        value = data[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key} must be a mapping of its keys, got {value!r}{where}")
+            kwargs[name] = config_from_dict(tp, value, key + ".", source)
+            continue
+        try:
+            value = _coerce(value, tp, key)
+            _check_bounds(value, f.metadata, key)
+        except ConfigError as err:
+            raise ConfigError(f"{err}{where}") from None
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{err}{where}") from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (YAML/JSON serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+# ------------------------------------------------------------------------------------ YAML loading
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read one YAML file and its ``_base_`` chain, each file's keys checked against the schema."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"_base_ cycle: {cycle}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a path or a list of paths")
+    _check_keys(ExperimentConfig, data, "", str(path))
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged = _deep_merge(merged, _read_yaml(path.parent / base, (*chain, path)))
+    return _deep_merge(merged, data)
+
+
+def _check_keys(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> None:
+    """Unknown keys are reported against the file that holds them, before merging hides the source."""
+    fields = _fields(cls)
+    for key, value in data.items():
+        if key not in fields:
+            suggestion = _suggest(str(key), fields, prefix) or _suggest(
+                prefix + str(key), _all_keys(ExperimentConfig)
+            )
+            raise ConfigError(f"unknown config key {prefix + str(key)!r} (in {source}){suggestion}")
+        tp = fields[key][1]
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            _check_keys(tp, value, f"{prefix}{key}.", source)
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=[1,2]"]`` into a nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.iterations=100)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Load an experiment: YAML (with ``_base_``) + dotted overrides, validated.
+
+    Args:
+        path: a YAML file; ``None`` uses only the dataclass defaults.
+        overrides: ``key=value`` strings applied last.
+    """
+    data = _read_yaml(Path(path)) if path is not None else {}
+    over = parse_overrides(overrides)
+    _check_keys(ExperimentConfig, over, "", "command-line overrides")
+    source = str(path) if path is not None else "defaults"
+    if over:
+        source += " + command-line overrides"
+    return config_from_dict(ExperimentConfig, _deep_merge(data, over), source=source)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable by :func:`load_config`)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def describe_config(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Rows of (key, type, default, help) for every leaf field, for ``--help-config``."""
+    rows = []
+    instance = cls()
+    for name, (f, tp) in _fields(cls).items():
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe_config(tp, f"{prefix}{name}."))
+            continue
+        help_text = f.metadata.get("help", "")
+        if f.metadata.get("choices"):
+            help_text += f" [{' | '.join('null' if c is None else str(c) for c in f.metadata['choices'])}]"
+        rows.append((prefix + name, _type_name(tp), repr(getattr(instance, name)), help_text))
+    return rows

@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("convert", help="convert a dataset split to Parquet shards")
-    p.add_argument("--dataset", required=True, help="synthetic | cityscapes | ade20k | voc | folder")
+    p.add_argument(
+        "--dataset", required=True, help="synthetic | cityscapes | ade20k | voc | folder"
+    )
     p.add_argument("--root", default="", help="dataset root (its standard layout)")
     p.add_argument("--split", required=True, help="split name, e.g. train or val")
     p.add_argument("--out", required=True, help="output folder (shards go to OUT/SPLIT/)")

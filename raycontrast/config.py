@@ -172,11 +172,15 @@ class ContrastConfig:
 
     enabled: bool = param(True, "Add the pixel-contrast loss.")
     loss_weight: float = param(0.1, "Weight of the contrast loss.", ge=0.0)
-    warmup_iters: int = param(5000, "Contrast loss is zero (with a graph) before this iteration.", ge=0)
+    warmup_iters: int = param(
+        5000, "Contrast loss is zero (with a graph) before this iteration.", ge=0
+    )
     tau: float = param(0.1, "Temperature.", gt=0.0)
     tau_base: float = param(0.07, "Base temperature; the loss is scaled by tau / tau_base.", gt=0.0)
     max_samples: int = param(1024, "Anchor budget per batch (per worker).", ge=1)
-    max_views: int = param(100, "Anchors per (image, class) at most; smaller classes are skipped.", ge=1)
+    max_views: int = param(
+        100, "Anchors per (image, class) at most; smaller classes are skipped.", ge=1
+    )
     inbatch: bool = param(True, "Add the in-batch pixel-to-pixel term.")
     memory: str = param(
         "none",
@@ -194,8 +198,12 @@ class ContrastConfig:
         choices=("all", "hardest", "semi_hard", "mixed"),
     )
     k: int = param(1024, "Entries per anchor for hardest / semi_hard / mixed.", ge=1)
-    top_fraction: float = param(0.1, "semi_hard: fraction of hardest entries drawn from.", gt=0.0, le=1.0)
-    hard_fraction: float = param(0.5, "mixed: fraction of k that are hardest negatives.", ge=0.0, le=1.0)
+    top_fraction: float = param(
+        0.1, "semi_hard: fraction of hardest entries drawn from.", gt=0.0, le=1.0
+    )
+    hard_fraction: float = param(
+        0.5, "mixed: fraction of k that are hardest negatives.", ge=0.0, le=1.0
+    )
     reset_every_epoch: bool = param(False, "Empty the bank at the start of each epoch.")
 
 
@@ -243,19 +251,25 @@ class TrainConfig:
     use_gpu: bool = param(False, "One GPU per worker (nccl); otherwise CPU (gloo).")
     cpus_per_worker: float = param(1.0, "CPUs reserved per Train worker.", gt=0.0)
     amp: str = param(
-        "none", "Mixed precision: none, bf16, or fp16 (GPU, with a grad scaler).",
+        "none",
+        "Mixed precision: none, bf16, or fp16 (GPU, with a grad scaler).",
         choices=("none", "bf16", "fp16"),
     )
     sync_bn: bool = param(False, "Convert BatchNorm to SyncBatchNorm when world size > 1.")
     aux_weight: float = param(0.4, "Weight of the auxiliary head's cross-entropy.", ge=0.0)
-    eval_every: int = param(4000, "Evaluate (and checkpoint) every N iterations; the last always.", ge=1)
+    eval_every: int = param(
+        4000, "Evaluate (and checkpoint) every N iterations; the last always.", ge=1
+    )
     log_every: int = param(50, "Console / CSV / TensorBoard logging period.", ge=1)
     seed: int = param(0, "Global seed (model init, sampling, augmentation).")
     on_nonfinite: str = param(
-        "stop", "A non-finite loss: stop the run naming the term, or skip the step.",
+        "stop",
+        "A non-finite loss: stop the run naming the term, or skip the step.",
         choices=("stop", "skip"),
     )
-    max_failures: int = param(2, "Worker-group restarts from the last checkpoint before giving up.", ge=0)
+    max_failures: int = param(
+        2, "Worker-group restarts from the last checkpoint before giving up.", ge=0
+    )
     collective_timeout_s: int = param(600, "Timeout of torch.distributed collectives.", ge=1)
 
 
@@ -264,8 +278,12 @@ class EvalConfig:
     """Inference used by evaluation."""
 
     mode: str = param("whole", "Inference mode.", choices=("whole", "slide", "multiscale"))
-    crop_size: list[int] | None = param(None, "Sliding-window crop [h, w] (default: data.crop_size).")
-    stride: list[int] | None = param(None, "Sliding-window stride [h, w] (default: 2/3 of the crop).")
+    crop_size: list[int] | None = param(
+        None, "Sliding-window crop [h, w] (default: data.crop_size)."
+    )
+    stride: list[int] | None = param(
+        None, "Sliding-window stride [h, w] (default: 2/3 of the crop)."
+    )
     scales: list[float] = param([1.0], "Multi-scale factors.")
     flip: bool = param(False, "Average with the horizontally flipped prediction.")
     max_images: int | None = param(None, "Evaluate on at most this many images (null: all).", ge=1)
@@ -275,7 +293,9 @@ class EvalConfig:
 class DebugConfig:
     """Fault injection for reliability tests."""
 
-    fail_at_iteration: int = param(-1, "Kill a Train worker once when this iteration starts (-1: off).")
+    fail_at_iteration: int = param(
+        -1, "Kill a Train worker once when this iteration starts (-1: off)."
+    )
     fail_rank: int = param(0, "Rank that fails.", ge=0)
     nonfinite_at_iteration: int = param(-1, "Make the contrast term non-finite at this iteration.")
 
@@ -312,9 +332,11 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     for key, value in pairs.items():
         if value is not None and (len(value) != 2 or min(value) < 1):
             raise ConfigError(f"{key} must be [height, width] with positive values, got {value!r}")
-    lo, hi = (cfg.data.scale_range + [0, 0])[:2]
+    lo, hi = ([*cfg.data.scale_range, 0, 0])[:2]
     if len(cfg.data.scale_range) != 2 or not 0 < lo <= hi:
-        raise ConfigError(f"data.scale_range must be [min, max] with 0 < min <= max, got {cfg.data.scale_range!r}")
+        raise ConfigError(
+            f"data.scale_range must be [min, max] with 0 < min <= max, got {cfg.data.scale_range!r}"
+        )
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
         raise ConfigError("data.mean and data.std must hold 3 values (RGB), std > 0")
     if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
@@ -422,7 +444,9 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], key: str) -> None:
             raise ConfigError(f"{key}={value!r} is out of range: must be {op} {bound}")
 
 
-def config_from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "", source: str = "") -> Any:
+def config_from_dict(
+    cls: type, data: Mapping[str, Any] | None, prefix: str = "", source: str = ""
+) -> Any:
     """Build dataclass ``cls`` from a nested mapping, validating keys, types, choices and ranges.
 
     Args:
@@ -437,7 +461,9 @@ def config_from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = ""
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = str(unknown[0])
-        suggestion = _suggest(key, fields, prefix) or _suggest(prefix + key, _all_keys(ExperimentConfig))
+        suggestion = _suggest(key, fields, prefix) or _suggest(
+            prefix + key, _all_keys(ExperimentConfig)
+        )
         raise ConfigError(f"unknown config key {prefix + str(key)!r}{where}{suggestion}")
     kwargs = {}
     for name, (f, tp) in fields.items():
@@ -525,7 +551,9 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.iterations=100)")
+            raise ConfigError(
+                f"override {item!r} must look like key=value (e.g. train.iterations=100)"
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -562,7 +590,9 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def describe_config(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def describe_config(
+    cls: type = ExperimentConfig, prefix: str = ""
+) -> list[tuple[str, str, str, str]]:
     """Rows of (key, type, default, help) for every leaf field, for ``--help-config``."""
     rows = []
     instance = cls()
@@ -572,6 +602,8 @@ def describe_config(cls: type = ExperimentConfig, prefix: str = "") -> list[tupl
             continue
         help_text = f.metadata.get("help", "")
         if f.metadata.get("choices"):
-            help_text += f" [{' | '.join('null' if c is None else str(c) for c in f.metadata['choices'])}]"
+            help_text += (
+                f" [{' | '.join('null' if c is None else str(c) for c in f.metadata['choices'])}]"
+            )
         rows.append((prefix + name, _type_name(tp), repr(getattr(instance, name)), help_text))
     return rows

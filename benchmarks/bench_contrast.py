@@ -1,0 +1,249 @@
+"""Contrast-loss and enqueue benchmark (CPU): ours vs the dense original formulation.
+
+Measured in one run, each loss variant in its own subprocess (peak RSS above the inputs):
+- Cityscapes scale: 1024 anchors vs 19 classes x (5000 pixel + 5000 region) entries, D=256,
+  forward + backward w.r.t. the anchors; dense (materialised N x M similarity and masks, as the original
+  code) vs ours; the max abs difference of the two losses; a bare ``anchors @ memory.T`` as the limit.
+- Enqueue of one batch (B=8, 128x256 features, D=256): a Python loop over images x classes (the original
+  style, with the bugs fixed) vs ours (``select_records`` + ``MemoryBank.write``).
+- ADE20K scale, ours alone: 150 classes x (5000 + 5000) entries.
+
+Usage: ``python benchmarks/bench_contrast.py [--quick]`` (writes benchmarks/results/contrast.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch.nn.functional as F
+from _measure import machine, peak_rss, reset_peak_rss, run_isolated, save, table, timed
+
+from raycontrast.contrast import (
+    MemoryBank,
+    class_blocks,
+    memory_contrast_loss_blocks,
+    select_records,
+)
+
+SCALES = {
+    "cityscapes": {"anchors": 1024, "classes": 19, "per_class": 10000, "dim": 256},
+    "ade20k": {"anchors": 1024, "classes": 150, "per_class": 10000, "dim": 256},
+    # --quick: a small smoke configuration for checking the script itself
+    "quick": {"anchors": 256, "classes": 19, "per_class": 1000, "dim": 64},
+}
+TAU, TAU_BASE = 0.1, 0.07
+
+
+def make_inputs(scale: str, seed: int = 0):
+    """Anchors (requiring grad) and a class-sorted memory, built in place to keep RSS tight."""
+    s = SCALES[scale]
+    g = torch.Generator().manual_seed(seed)
+    n, c, per, d = s["anchors"], s["classes"], s["per_class"], s["dim"]
+    anchors = F.normalize(torch.randn(n, d, generator=g), dim=1).requires_grad_()
+    anchor_labels = torch.randint(0, c, (n,), generator=g)
+    memory = torch.randn(c * per, d, generator=g)
+    memory.div_(memory.norm(dim=1, keepdim=True))
+    memory_labels = torch.arange(c).repeat_interleave(per)
+    return anchors, anchor_labels, memory, memory_labels
+
+
+def dense_loss(anchors, anchor_labels, memory, memory_labels):
+    """The original formulation: the full similarity matrix and float masks, materialised."""
+    logits = anchors @ memory.T / TAU
+    logits = logits - logits.max(1, keepdim=True).values.detach()
+    mask = (anchor_labels[:, None] == memory_labels[None, :]).float()
+    neg_mask = 1 - mask
+    exp_logits = torch.exp(logits)
+    neg_sum = (exp_logits * neg_mask).sum(1, keepdim=True)
+    log_prob = logits - torch.log(exp_logits + neg_sum)
+    mean_log_prob_pos = (mask * log_prob).sum(1) / mask.sum(1)
+    return -(TAU / TAU_BASE) * mean_log_prob_pos.mean()
+
+
+def ours_loss(anchors, anchor_labels, memory, memory_labels):
+    blocks = class_blocks(memory_labels)
+    return memory_contrast_loss_blocks(
+        anchors, anchor_labels, memory, blocks, tau=TAU, tau_base=TAU_BASE
+    )
+
+
+def measure_loss(variant: str, scale: str, repeats: int) -> dict:
+    anchors, alabels, memory, mlabels = make_inputs(scale)
+    fn = {"dense": dense_loss, "ours": ours_loss}[variant]
+    base = reset_peak_rss()
+    value = None
+
+    def step():
+        nonlocal value
+        anchors.grad = None
+        loss = fn(anchors, alabels, memory, mlabels)
+        loss.backward()
+        value = float(loss.detach())
+
+    median, times = timed(step, repeats=repeats, warmup=1 if repeats > 1 else 0)
+    return {
+        "time_s": median,
+        "times_s": times,
+        "peak_above_inputs_bytes": peak_rss() - base,
+        "loss": value,
+        "entries": int(memory.shape[0]),
+    }
+
+
+def measure_matmul(scale: str, repeats: int) -> dict:
+    anchors, _, memory, _ = make_inputs(scale)
+    a = anchors.detach()
+    median, times = timed(lambda: a @ memory.T, repeats=repeats)
+    return {"time_s": median, "times_s": times}
+
+
+def _enqueue_inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    b, d, h, w, c = 8, 256, 128, 256, 19
+    embed = F.normalize(torch.randn(b, d, h, w, generator=g), dim=1)
+    # blocky label maps (16x16 cells) so that most classes appear in every image
+    cells = torch.randint(0, c, (b, h // 16, w // 16), generator=g)
+    labels = cells.repeat_interleave(16, 1).repeat_interleave(16, 2)
+    labels[:, :8] = 255
+    return embed, labels, c
+
+
+def _ring_write(bank: MemoryBank, kind: int, c: int, vecs: torch.Tensor) -> None:
+    """Write ``vecs`` at the queue pointer as one or two slices (FIFO wrap-around)."""
+    vecs = vecs[-bank.size :]
+    p, k = int(bank.ptr[kind, c]), vecs.shape[0]
+    first = min(k, bank.size - p)
+    bank.data[kind, c, p : p + first] = vecs[:first]
+    bank.data[kind, c, : k - first] = vecs[first:]
+    bank.ptr[kind, c] = (p + k) % bank.size
+    bank.count[kind, c] = min(int(bank.count[kind, c]) + k, bank.size)
+
+
+def loop_enqueue(bank: MemoryBank, embed, labels, num_classes, freq=10):
+    """Original-style enqueue: a Python loop over images and classes, slice writes per class
+    (with the original's bugs fixed: pixels drawn among the class, pointer advanced by K, true FIFO)."""
+    for i in range(embed.shape[0]):
+        feats = embed[i].reshape(embed.shape[1], -1)
+        lab = labels[i].reshape(-1)
+        for c in torch.unique(lab).tolist():
+            if c == 255:
+                continue
+            idx = (lab == c).nonzero().squeeze(1)
+            class_feats = feats[:, idx]
+            region = F.normalize(class_feats.mean(1), dim=0)[None]
+            _ring_write(bank, 1, c, region)
+            pick = torch.randperm(idx.numel())[: min(idx.numel(), freq)]
+            _ring_write(bank, 0, c, F.normalize(class_feats[:, pick].T, dim=1))
+
+
+def measure_enqueue(repeats: int) -> dict:
+    embed, labels, c = _enqueue_inputs()
+    loop_bank = MemoryBank(c, embed.shape[1], 5000)
+    ours_bank = MemoryBank(c, embed.shape[1], 5000)
+    loop_t, _ = timed(lambda: loop_enqueue(loop_bank, embed, labels, c), repeats=repeats)
+    ours_t, _ = timed(
+        lambda: ours_bank.write(select_records(embed, labels, c, pixel_update_freq=10)),
+        repeats=repeats,
+    )
+    return {
+        "loop_time_s": loop_t,
+        "ours_time_s": ours_t,
+        "entries_per_batch": len(select_records(embed, labels, c)),
+    }
+
+
+def run_measure(name: str, scale: str, repeats: int) -> dict:
+    if name in ("dense", "ours"):
+        return measure_loss(name, scale, repeats)
+    if name == "matmul":
+        return measure_matmul(scale, repeats)
+    if name == "enqueue":
+        return measure_enqueue(repeats)
+    raise SystemExit(f"unknown measurement {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes (checks the script only)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--scale", default="cityscapes", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(run_measure(args.measure, args.scale, args.repeats)))
+        return
+
+    script = str(Path(__file__).resolve())
+    city = "quick" if args.quick else "cityscapes"
+    ade = "quick" if args.quick else "ade20k"
+    r = str(args.repeats)
+    print(f"loss at {city} scale: dense ...", flush=True)
+    dense = run_isolated(
+        script, "dense", "--scale", city, "--repeats", str(max(1, args.repeats - 1))
+    )
+    print("ours ...", flush=True)
+    ours = run_isolated(script, "ours", "--scale", city, "--repeats", r)
+    print("bare matmul ...", flush=True)
+    matmul = run_isolated(script, "matmul", "--scale", city, "--repeats", r)
+    print("enqueue ...", flush=True)
+    enqueue = run_isolated(script, "enqueue", "--repeats", r)
+    print(f"ours at {ade} scale ...", flush=True)
+    ade_run = run_isolated(script, "ours", "--scale", ade, "--repeats", "1")
+
+    gb = 1024**3
+    results = {
+        "loss_time_ratio_dense_over_ours": dense["time_s"] / ours["time_s"],
+        "loss_peak_mem_ratio_dense_over_ours": dense["peak_above_inputs_bytes"]
+        / max(ours["peak_above_inputs_bytes"], 1),
+        "loss_time_over_matmul": ours["time_s"] / matmul["time_s"],
+        "loss_max_abs_diff": abs(dense["loss"] - ours["loss"]),
+        "enqueue_time_ratio_loop_over_ours": enqueue["loop_time_s"] / enqueue["ours_time_s"],
+        "ade20k_peak_mem_gb": ade_run["peak_above_inputs_bytes"] / gb,
+        "scale": {"cityscapes": SCALES[city], "ade20k": SCALES[ade]},
+        "targets": {
+            "loss_time_ratio_dense_over_ours": ">= 5",
+            "loss_peak_mem_ratio_dense_over_ours": ">= 10",
+            "loss_time_over_matmul": "<= 4",
+            "enqueue_time_ratio_loop_over_ours": ">= 10",
+            "ade20k_peak_mem_gb": "< 2",
+        },
+        "raw": {
+            "dense": dense,
+            "ours": ours,
+            "matmul": matmul,
+            "enqueue": enqueue,
+            "ade20k_ours": ade_run,
+        },
+        "machine": machine(),
+        "command": "python benchmarks/bench_contrast.py" + (" --quick" if args.quick else ""),
+    }
+    rows = [
+        ("dense fwd+bwd (s)", f"{dense['time_s']:.3f}"),
+        ("ours fwd+bwd (s)", f"{ours['time_s']:.3f}"),
+        ("bare matmul (s)", f"{matmul['time_s']:.3f}"),
+        ("dense peak above inputs (GB)", f"{dense['peak_above_inputs_bytes'] / gb:.3f}"),
+        ("ours peak above inputs (GB)", f"{ours['peak_above_inputs_bytes'] / gb:.3f}"),
+        ("loss dense / ours", f"{dense['loss']:.6f} / {ours['loss']:.6f}"),
+        (
+            "enqueue loop / ours (ms)",
+            f"{enqueue['loop_time_s'] * 1e3:.1f} / {enqueue['ours_time_s'] * 1e3:.1f}",
+        ),
+        ("ADE20K ours fwd+bwd (s)", f"{ade_run['time_s']:.3f}"),
+        ("---", "---"),
+    ] + [(k, f"{v:.4g}") for k, v in results.items() if isinstance(v, float)]
+    print(table(rows))
+    name = "contrast_quick.json" if args.quick else "contrast.json"
+    print(f"wrote {save(name, results)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The memory bank: per-class ring queues of pixel and region embeddings (SPEC.md).
+
+Enqueueing is split in two steps so that a distributed bank can ship the middle product:
+
+1. :func:`select_records` turns ``(embed, labels)`` of a batch into compact :class:`BankRecords`
+   ``(class, kind, vector)``: up to ``pixel_update_freq`` random pixels of each (image, class), drawn
+   among the pixels of that class, and one region entry per (image, class) = its normalised mean.
+2. :meth:`MemoryBank.write` applies records to the queues deterministically (true FIFO: the oldest
+   entries are replaced), so replicas that apply the same records in the same order stay bit-identical.
+
+Only filled slots are ever handed to the loss (:meth:`MemoryBank.memory`). Because every queue is filled
+from slot 0 and advances one slot per entry, the filled slots of a queue are always ``0:count``.
+
+Example:
+    >>> bank = MemoryBank(num_classes=19, dim=256, size=5000)
+    >>> records = select_records(embed.detach(), labels_small, num_classes=19)  # after the loss
+    >>> bank.write(records)
+    >>> store, blocks = bank.memory()  # for memory_contrast_loss_blocks
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from raycontrast.contrast.loss import Block
+from raycontrast.contrast.sampling import group_ranks
+
+__all__ = ["KINDS", "BankRecords", "MemoryBank", "select_records"]
+
+KINDS = ("pixel", "region")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class BankRecords:
+    """Entries to enqueue: ``cls (R,)`` int64, ``kind (R,)`` int64 (index into :data:`KINDS`),
+    ``vec (R, D)`` in the bank's storage dtype. Order matters: it is the write order."""
+
+    cls: Tensor
+    kind: Tensor
+    vec: Tensor
+
+    def __len__(self) -> int:
+        return int(self.cls.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.cls, self.kind, self.vec))
+
+    def to(self, device: torch.device | str) -> BankRecords:
+        return BankRecords(self.cls.to(device), self.kind.to(device), self.vec.to(device))
+
+    @staticmethod
+    def empty(dim: int, dtype: torch.dtype = torch.float32, device=None) -> BankRecords:
+        long = torch.zeros(0, dtype=torch.long, device=device)
+        return BankRecords(long, long.clone(), torch.zeros((0, dim), dtype=dtype, device=device))
+
+    @staticmethod
+    def cat(parts: Sequence[BankRecords]) -> BankRecords:
+        """Concatenate in the given order (the order the writes will apply)."""
+        if not parts:
+            raise ValueError("BankRecords.cat needs at least one part")
+        return BankRecords(
+            torch.cat([p.cls for p in parts]),
+            torch.cat([p.kind for p in parts]),
+            torch.cat([p.vec for p in parts]),
+        )
+
+
+def select_records(
+    embed: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    pixel_update_freq: int = 10,
+    kinds: Sequence[str] = KINDS,
+    ignore_index: int = 255,
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
+) -> BankRecords:
+    """Choose what a batch enqueues (vectorised over images and classes).
+
+    Args:
+        embed: ``(B, D, h, w)`` embeddings (detached keys).
+        labels: ``(B, h, w)`` labels at the embedding resolution; ``ignore_index`` never enters.
+        num_classes: classes ``0..num_classes-1`` (class 0 is a real class).
+        pixel_update_freq: pixels per (image, class): ``min(n_pixels, pixel_update_freq)``.
+        kinds: which queues to fill (``pixel``, ``region``).
+        dtype: storage dtype of the vectors.
+        generator: random source for the pixel choice.
+
+    Returns:
+        Pixel records ordered by (image, class), then region records ordered by (image, class).
+    """
+    b, d, h, w = embed.shape
+    if labels.shape != (b, h, w):
+        raise ValueError(
+            f"labels must be {(b, h, w)} (the embedding's resolution), got {tuple(labels.shape)}"
+        )
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown bank kind(s) {unknown}; expected a subset of {KINDS}")
+    y = labels.reshape(-1).long()
+    valid = y != ignore_index
+    bad = valid & ((y < 0) | (y >= num_classes))
+    if bool(bad.any()):
+        values = torch.unique(y[bad]).tolist()[:10]
+        raise ValueError(
+            f"labels {values} are outside 0..{num_classes - 1} (ignore_index={ignore_index})"
+        )
+    keys = embed.detach().reshape(b, d, h * w)  # gathered per pixel; never transposed whole
+    pixel = torch.nonzero(valid).squeeze(1)
+    image, pos = pixel // (h * w), pixel % (h * w)
+    group = image * num_classes + y[pixel]
+    parts = []
+    if "pixel" in kinds and pixel.numel():
+        order, rank = group_ranks(group, generator)
+        chosen = order[rank < pixel_update_freq]
+        vec = F.normalize(keys[image[chosen], :, pos[chosen]].float(), dim=1)
+        cls = y[pixel[chosen]]
+        parts.append(BankRecords(cls, torch.zeros_like(cls), vec.to(dtype)))
+    if "region" in kinds and pixel.numel():
+        # per-image class sums; ignore pixels go to an extra column that is dropped
+        column = torch.where(valid, y, num_classes).reshape(b, 1, h * w).expand(b, d, h * w)
+        sums = keys.new_zeros((b, d, num_classes + 1), dtype=torch.float32)
+        sums.scatter_add_(2, column, keys.float())
+        sums = sums[:, :, :num_classes].transpose(1, 2).reshape(b * num_classes, d)
+        present = torch.nonzero(torch.bincount(group, minlength=b * num_classes)).squeeze(1)
+        vec = F.normalize(sums[present], dim=1)
+        cls = present % num_classes
+        parts.append(BankRecords(cls, torch.ones_like(cls), vec.to(dtype)))
+    if not parts:
+        return BankRecords.empty(d, dtype, embed.device)
+    return BankRecords.cat(parts)
+
+
+class MemoryBank:
+    """Per-class ring queues for the kinds in ``kinds`` (``pixel``, ``region``).
+
+    Args:
+        num_classes: number of classes.
+        dim: embedding dimension D.
+        size: entries per class per queue (``memory_size``).
+        kinds: which queues to hold.
+        dtype: storage dtype (float32, float16, bfloat16); the loss computes in float32.
+        device: where the queues live.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        size: int,
+        kinds: Sequence[str] = KINDS,
+        dtype: torch.dtype | str = torch.float32,
+        device: torch.device | str | None = None,
+    ):
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"bank dtype must be one of {list(DTYPES)}, got {dtype!r}")
+            dtype = DTYPES[dtype]
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"bank kinds must be a non-empty subset of {KINDS}, got {list(kinds)}")
+        self.num_classes, self.dim, self.size = num_classes, dim, size
+        self.kinds = tuple(k for k in KINDS if k in kinds)
+        self.dtype = dtype
+        nk = len(self.kinds)
+        self.data = torch.zeros((nk, num_classes, size, dim), dtype=dtype, device=device)
+        self.ptr = torch.zeros((nk, num_classes), dtype=torch.long, device=device)
+        self.count = torch.zeros((nk, num_classes), dtype=torch.long, device=device)
+        self.writes = 0
+        # global kind id -> local queue index (-1 when not held)
+        self._local = torch.tensor([self.kinds.index(k) if k in self.kinds else -1 for k in KINDS])
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def __len__(self) -> int:
+        return int(self.count.sum())
+
+    def reset(self) -> None:
+        """Empty every queue (filled counts and pointers to 0); old vectors are never read again."""
+        self.ptr.zero_()
+        self.count.zero_()
+
+    def write(self, records: BankRecords) -> None:
+        """Append records in order to their (kind, class) queue, replacing the oldest entries when full."""
+        self.writes += 1
+        n = len(records)
+        if n == 0:
+            return
+        if records.vec.shape[1] != self.dim:
+            raise ValueError(f"records have D={records.vec.shape[1]}, bank has D={self.dim}")
+        local = self._local.to(records.kind.device)[records.kind]
+        if bool((local < 0).any()) or bool(
+            ((records.cls < 0) | (records.cls >= self.num_classes)).any()
+        ):
+            raise ValueError(
+                f"records hold kinds or classes this bank does not have (kinds {self.kinds}, "
+                f"classes 0..{self.num_classes - 1})"
+            )
+        queue = (local * self.num_classes + records.cls).to(self.device)
+        nq = self.ptr.numel()
+        order = torch.argsort(queue, stable=True)
+        q = queue[order]
+        counts = torch.bincount(queue, minlength=nq)
+        start = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(n, device=self.device) - start[q]
+        keep = rank >= counts[q] - self.size  # only the newest `size` of one write can survive it
+        ptr = self.ptr.view(-1)
+        slot = (ptr[q] + rank) % self.size
+        flat = self.data.view(nq, self.size, self.dim)
+        flat[q[keep], slot[keep]] = records.vec.to(self.device, self.dtype)[order[keep]]
+        ptr.copy_((ptr + counts) % self.size)
+        cnt = self.count.view(-1)
+        cnt.copy_(torch.clamp(cnt + counts, max=self.size))
+
+    def memory(self, kinds: Sequence[str] | None = None) -> tuple[Tensor, list[Block]]:
+        """The store ``(K*C*M, D)`` (a view, no copy) and the class blocks of its filled slots."""
+        kinds = self.kinds if kinds is None else kinds
+        store = self.data.view(-1, self.dim)
+        counts = self.count.tolist()
+        blocks = []
+        for kind in kinds:
+            k = self.kinds.index(kind)
+            for c in range(self.num_classes):
+                if counts[k][c]:
+                    start = (k * self.num_classes + c) * self.size
+                    blocks.append((c, start, start + counts[k][c]))
+        return store, blocks
+
+    def entries(self, kind: str, cls: int) -> Tensor:
+        """Filled entries of one queue, oldest first."""
+        k = self.kinds.index(kind)
+        n, p = int(self.count[k, cls]), int(self.ptr[k, cls])
+        slots = (torch.arange(n) + (p if n == self.size else 0)) % self.size
+        return self.data[k, cls, slots.to(self.device)]
+
+    def features(self, kinds: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
+        """Every filled entry (a copy) and its class: ``(M, D)``, ``(M,)``."""
+        store, blocks = self.memory(kinds)
+        if not blocks:
+            return store.new_zeros((0, self.dim)), torch.zeros(
+                0, dtype=torch.long, device=self.device
+            )
+        feats = torch.cat([store[a:b] for _, a, b in blocks])
+        labels = torch.cat([torch.full((b - a,), c, dtype=torch.long) for c, a, b in blocks])
+        return feats, labels.to(self.device)
+
+    def state_dict(self) -> dict:
+        return {
+            "kinds": list(self.kinds),
+            "num_classes": self.num_classes,
+            "dim": self.dim,
+            "size": self.size,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "data": self.data,
+            "ptr": self.ptr,
+            "count": self.count,
+            "writes": self.writes,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a saved bank; a bank of another shape is a clear error."""
+        mine = (list(self.kinds), self.num_classes, self.dim, self.size)
+        theirs = (list(state["kinds"]), state["num_classes"], state["dim"], state["size"])
+        if mine != theirs:
+            raise ValueError(
+                "saved memory bank does not match this run: saved (kinds, classes, dim, size) = "
+                f"{theirs}, this run = {mine}"
+            )
+        self.data.copy_(state["data"].to(self.dtype))
+        self.ptr.copy_(state["ptr"])
+        self.count.copy_(state["count"])
+        self.writes = int(state["writes"])
+
+    def equal(self, other: MemoryBank) -> bool:
+        """Bit-identical queues, pointers and fill counts."""
+        return (
+            torch.equal(self.ptr.cpu(), other.ptr.cpu())
+            and torch.equal(self.count.cpu(), other.count.cpu())
+            and torch.equal(self.data.cpu(), other.data.cpu())
+        )

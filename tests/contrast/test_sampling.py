@@ -1,0 +1,88 @@
+import torch
+
+from raycontrast.contrast import resize_labels, resize_predictions, sample_anchors
+
+
+def _positional(b, h, w):
+    """Embeddings whose single channel is the flat pixel index, to trace which pixels were chosen."""
+    return torch.arange(b * h * w, dtype=torch.float32).reshape(b, 1, h, w)
+
+
+def _chosen(anchors):
+    return anchors[..., 0].long()
+
+
+def test_hard_easy_split_counts_and_labels():
+    b, h, w = 2, 10, 10
+    labels = torch.zeros(b, h, w, dtype=torch.long)
+    labels[:, 5:] = 1
+    preds = labels.clone()
+    preds[:, :2] = 1  # 20 hard pixels of class 0 per image
+    anchors, alabels = sample_anchors(
+        _positional(b, h, w),
+        labels,
+        preds,
+        max_samples=64,
+        max_views=10,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert anchors.shape == (4, 10, 1)  # total = 4 pairs, n_view = min(64 // 4, 10)
+    assert alabels.tolist() == [0, 1, 0, 1]
+    flat_l, flat_p = labels.reshape(-1), preds.reshape(-1)
+    for a, c in zip(_chosen(anchors), alabels.tolist()):
+        assert len(set(a.tolist())) == 10
+        assert bool((flat_l[a] == c).all())
+        n_hard = int((flat_p[a] != c).sum())
+        assert n_hard == (5 if c == 0 else 0)  # class 1 has no hard pixels: all easy
+
+
+def test_short_kind_is_kept_whole_and_the_other_fills():
+    labels = torch.zeros(1, 6, 6, dtype=torch.long)
+    preds = torch.zeros_like(labels)
+    preds[0, 0, :3] = 2  # 3 hard pixels, n_view // 2 = 5 wanted
+    anchors, _ = sample_anchors(_positional(1, 6, 6), labels, preds, max_samples=10, max_views=10)
+    chosen = _chosen(anchors)[0]
+    assert int((preds.reshape(-1)[chosen] != 0).sum()) == 3
+    # and the symmetric case: easy pixels short
+    preds = torch.ones_like(labels)
+    preds[0, 0, :2] = 0
+    anchors, _ = sample_anchors(_positional(1, 6, 6), labels, preds, max_samples=10, max_views=10)
+    assert int((preds.reshape(-1)[_chosen(anchors)[0]] == 0).sum()) == 2
+
+
+def test_small_classes_and_ignore_are_skipped():
+    labels = torch.full((1, 8, 8), 255, dtype=torch.long)
+    labels[0, :4] = 3  # 32 pixels
+    labels[0, 4, :5] = 0  # 5 pixels: not more than max_views
+    anchors, alabels = sample_anchors(_positional(1, 8, 8), labels, labels.clone(), max_views=5)
+    assert alabels.tolist() == [3]
+    assert anchors.shape == (1, 5, 1)
+
+
+def test_zero_anchors_never_raise():
+    labels = torch.full((2, 4, 4), 255, dtype=torch.long)
+    anchors, alabels = sample_anchors(_positional(2, 4, 4), labels, labels, max_views=2)
+    assert anchors.shape[0] == 0 and alabels.shape == (0,)
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)  # 16 pixels each, not more than max_views=16
+    anchors, _ = sample_anchors(_positional(2, 4, 4), labels, labels, max_views=16)
+    assert anchors.shape[0] == 0
+    anchors, _ = sample_anchors(_positional(2, 4, 4), labels, labels, max_samples=1, max_views=2)
+    assert anchors.shape[0] == 0  # n_view = 1 // 2 = 0
+
+
+def test_gradients_flow_to_the_chosen_pixels_only():
+    embed = torch.randn(1, 3, 5, 5, requires_grad=True)
+    labels = torch.zeros(1, 5, 5, dtype=torch.long)
+    anchors, _ = sample_anchors(embed, labels, labels, max_samples=8, max_views=8)
+    anchors.sum().backward()
+    assert int((embed.grad.abs().sum(1) > 0).sum()) == 8
+
+
+def test_resizes_use_nearest_for_labels():
+    labels = torch.tensor([[[0, 1], [2, 255]]])
+    up = resize_labels(labels, (4, 4))
+    assert set(up.unique().tolist()) == {0, 1, 2, 255}
+    assert resize_labels(labels, (2, 2)) is labels
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 2] = 1
+    assert resize_predictions(logits, (4, 4)).eq(2).all()

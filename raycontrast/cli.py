@@ -14,11 +14,18 @@ from raycontrast.config import DEFAULT_EXPERIMENT, ConfigError, describe_config
 __all__ = ["main"]
 
 
+def _split_config(config: str | None, overrides: list[str]) -> tuple[str, list[str]]:
+    """``raycontrast train key=value ...`` (no CONFIG): the first word is an override, not a file."""
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        return DEFAULT_EXPERIMENT, [config, *overrides]
+    return config or DEFAULT_EXPERIMENT, list(overrides)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from raycontrast.config import load_config
     from raycontrast.train import run_training
 
-    cfg = load_config(args.config or DEFAULT_EXPERIMENT, args.overrides)
+    cfg = load_config(*_split_config(args.config, args.overrides))
     run_training(cfg, address=args.address)
     return 0
 

@@ -41,6 +41,7 @@ __all__ = [
     "SyntheticConfig",
     "TrainConfig",
     "config_from_dict",
+    "config_keys",
     "config_to_dict",
     "describe_config",
     "load_config",
@@ -95,6 +96,12 @@ class ModelConfig:
         None, "Backbone feature levels to use (timm out_indices); null = all levels."
     )
     head: str = param("deeplabv3", "Decode head.", choices=("fcn", "deeplabv3", "fpn"))
+    head_input: str = param(
+        "last",
+        "Input of the fcn / deeplabv3 head: the last backbone level, or all levels upsampled to the "
+        "finest and concatenated (HRNetV2 style). fpn always reads all levels.",
+        choices=("last", "concat"),
+    )
     head_channels: int = param(256, "Channels inside the decode head.", ge=1)
     dropout: float = param(0.1, "Dropout before the classifier.", ge=0.0, lt=1.0)
     aux_head: bool = param(False, "Add an auxiliary FCN head on the second-to-last level.")
@@ -381,6 +388,12 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp):
             keys.extend(_all_keys(tp, f"{prefix}{name}."))
     return keys
+
+
+def config_keys(cls: type | None = None) -> list[str]:
+    """Every leaf key of the experiment config in dotted form (``contrast.memory_size`` ...)."""
+    keys = _all_keys(cls or ExperimentConfig)
+    return [k for k in keys if not any(o.startswith(k + ".") for o in keys)]
 
 
 def _type_name(tp: Any) -> str:

@@ -100,8 +100,8 @@ class AllGatherSync(BankSync):
         dist.all_gather(counts, count)
         counts = [int(c) for c in counts]
         width = max(counts)
-        vec = records.vec
-        raw = vec.view(torch.int16) if vec.dtype in (torch.float16, torch.bfloat16) else vec
+        vec = records.vec.contiguous()
+        raw = vec.view(torch.uint8)  # any storage dtype travels as bytes (gloo lacks 16-bit ints)
         meta = torch.zeros((width, 2), dtype=torch.long, device=device)
         meta[: len(records), 0] = records.cls
         meta[: len(records), 1] = records.kind
@@ -116,8 +116,7 @@ class AllGatherSync(BankSync):
         self.bytes_received += size * (world - 1)
         parts = []
         for n, m, p in zip(counts, metas, payloads):
-            v = p[:n].view(vec.dtype) if raw is not vec else p[:n]
-            parts.append(BankRecords(m[:n, 0], m[:n, 1], v))
+            parts.append(BankRecords(m[:n, 0], m[:n, 1], p[:n].view(vec.dtype)))
         self.replica.write(BankRecords.cat(parts))
         self.version = step + 1
 

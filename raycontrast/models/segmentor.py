@@ -1,0 +1,184 @@
+"""The segmentor: backbone + decode head (+ auxiliary head) + training-only projection head."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import Tensor, nn
+
+from raycontrast.config import ModelConfig
+from raycontrast.models.backbone import create_backbone, feature_channels, feature_reductions
+from raycontrast.models.errors import ModelError
+from raycontrast.models.heads import FCNHead, build_head, resize
+from raycontrast.models.pretrained import load_pretrained_backbone
+from raycontrast.models.projection import ProjectionHead
+
+__all__ = ["DeployedSegmentor", "Segmentor", "build_segmentor", "deploy_model"]
+
+
+class DeployedSegmentor(nn.Module):
+    """Inference model: backbone and decode head only, logits upsampled to the input size.
+
+    Has no projection or auxiliary parameters; scriptable / traceable and exportable with
+    ``torch.export.export``. Create it with :meth:`Segmentor.deploy`.
+
+    Args:
+        backbone: the timm ``features_only`` backbone.
+        decode_head: the decode head.
+    """
+
+    def __init__(self, backbone: nn.Module, decode_head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, K, H, W)`` for images ``(B, 3, H, W)``."""
+        logits = self.decode_head(self.backbone(x))
+        return resize(logits, [x.shape[-2], x.shape[-1]])
+
+
+class Segmentor(nn.Module):
+    """A timm backbone, a decode head, an optional auxiliary FCN head and a projection head.
+
+    Build one with :func:`build_segmentor`. ``forward(x)`` returns a dict:
+
+    * ``"logits"``: ``(B, K, h, w)`` at the decode head's resolution (the last level for ``fcn`` /
+      ``deeplabv3``, the finest level for ``fpn`` and for ``head_input=concat``), not upsampled;
+    * ``"aux"``: ``(B, K, h2, w2)`` auxiliary logits on the second-to-last level (only with an aux head);
+    * ``"embed"``: ``(B, D, h', w')`` unit-norm projection output (only while the projection head
+      exists): the last level for ``proj_input=last``, the finest level for ``concat``.
+
+    Args:
+        backbone: timm ``features_only`` model.
+        decode_head: head mapping the feature list to logits.
+        num_classes: K.
+        aux_head: optional auxiliary head.
+        proj_head: optional projection head.
+        cfg: the model config it was built from (kept for reference).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        decode_head: nn.Module,
+        num_classes: int,
+        aux_head: nn.Module | None = None,
+        proj_head: nn.Module | None = None,
+        cfg: ModelConfig | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+        self.aux_head = aux_head
+        self.proj_head = proj_head
+        self.num_classes = num_classes
+        self.cfg = cfg
+        self.channels = feature_channels(backbone)
+        self.reductions = feature_reductions(backbone)
+
+    @property
+    def has_projection(self) -> bool:
+        """Whether the projection head (and so ``"embed"``) exists."""
+        return self.proj_head is not None
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Run the model; see the class docstring for the returned keys."""
+        feats = self.backbone(x)
+        out = {"logits": self.decode_head(feats)}
+        if self.aux_head is not None:
+            out["aux"] = self.aux_head(feats)
+        if self.proj_head is not None:
+            out["embed"] = self.proj_head(feats)
+        return out
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Logits upsampled (bilinear, ``align_corners=False``) to the input size ``(B, K, H, W)``.
+
+        Skips the auxiliary and projection heads. Call ``eval()`` first for inference.
+        """
+        logits = self.decode_head(self.backbone(x))
+        return resize(logits, [x.shape[-2], x.shape[-1]])
+
+    def deploy(self) -> DeployedSegmentor:
+        """A copy without projection and auxiliary heads, in eval mode, returning upsampled logits.
+
+        ``seg.deploy()(x)`` equals ``seg.eval().predict(x)``. This segmentor is left unchanged.
+
+        Example:
+            >>> deployed = seg.deploy()
+            >>> scripted = torch.jit.script(deployed)
+        """
+        model = DeployedSegmentor(copy.deepcopy(self.backbone), copy.deepcopy(self.decode_head))
+        return model.eval()
+
+
+def deploy_model(seg: Segmentor | nn.Module) -> DeployedSegmentor:
+    """:meth:`Segmentor.deploy` that also unwraps DDP (``.module``) and ``torch.compile`` wrappers."""
+    while not isinstance(seg, Segmentor):
+        inner = getattr(seg, "module", None) or getattr(seg, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"deploy_model expects a Segmentor, got {type(seg).__name__}")
+        seg = inner
+    return seg.deploy()
+
+
+def build_segmentor(cfg: ModelConfig, num_classes: int, projection: bool = True) -> Segmentor:
+    """Build a :class:`Segmentor` from the model config.
+
+    Args:
+        cfg: the ``model`` section (backbone, pretrained, output_stride, out_indices, head,
+            head_input, head_channels, dropout, aux_head, proj_dim, proj_input).
+        num_classes: number of classes K.
+        projection: create the projection head (``False`` for inference-only models).
+
+    Returns:
+        The segmentor, in training mode.
+
+    Raises:
+        ModelError: unknown backbone, unsupported ``output_stride``, an auxiliary head with a single
+            feature level, or weights that cannot be loaded.
+
+    Example:
+        >>> cfg = ModelConfig(backbone="resnet18", head="fcn", output_stride=8, proj_dim=64)
+        >>> seg = build_segmentor(cfg, num_classes=19)
+        >>> out = seg(torch.randn(2, 3, 64, 64))
+        >>> out["logits"].shape, out["embed"].shape
+        (torch.Size([2, 19, 8, 8]), torch.Size([2, 64, 8, 8]))
+    """
+    if num_classes < 1:
+        raise ModelError(f"num_classes must be >= 1, got {num_classes}")
+    pretrained = cfg.pretrained
+    if isinstance(pretrained, str) and pretrained.strip().lower() in ("", "false", "none", "null"):
+        pretrained = False
+    backbone = create_backbone(cfg, pretrained=pretrained is True)
+    if isinstance(pretrained, str):
+        load_pretrained_backbone(backbone, pretrained, cfg.backbone)
+    channels = feature_channels(backbone)
+    reductions = feature_reductions(backbone)
+    decode = build_head(
+        cfg.head,
+        channels,
+        reductions,
+        cfg.head_channels,
+        num_classes,
+        cfg.dropout,
+        head_input=cfg.head_input,
+    )
+    aux = None
+    if cfg.aux_head:
+        if len(channels) < 2:
+            raise ModelError(
+                f"model.aux_head=true needs at least two feature levels, but backbone "
+                f"{cfg.backbone!r} with out_indices={cfg.out_indices} gives {len(channels)}"
+            )
+        aux = FCNHead(
+            channels[-2],
+            cfg.head_channels,
+            num_classes,
+            num_convs=1,
+            dropout=cfg.dropout,
+            in_index=-2,
+        )
+    proj = ProjectionHead(channels, cfg.proj_dim, cfg.proj_input) if projection else None
+    return Segmentor(backbone, decode, num_classes, aux_head=aux, proj_head=proj, cfg=cfg)

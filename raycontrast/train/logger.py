@@ -1,0 +1,243 @@
+"""Run artifacts written by rank 0: console progress, metrics CSVs, TensorBoard events, plots, summary.
+
+Files in the run directory ``<storage_path>/<name>/``:
+
+- ``metrics.csv``: one row per logged training iteration (losses, lr, speed);
+- ``val.csv``: one row per evaluation (mIoU, mAcc, aAcc, fwIoU and per-class IoU);
+- ``tb/``: TensorBoard events; ``plots/*.png``; ``summary.json`` at the end.
+
+A resumed run drops rows past the checkpoint it resumes from (and TensorBoard purges those steps), so
+the logs hold every iteration once. For URI storage (s3://...) files are kept in a local staging folder
+and uploaded at each evaluation and at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from raycontrast import storage
+
+__all__ = ["TRAIN_FIELDS", "RunLogger", "console", "format_eta", "write_plots"]
+
+TRAIN_FIELDS = [
+    "iteration",
+    "epoch",
+    "loss",
+    "ce",
+    "aux",
+    "contrast",
+    "inbatch",
+    "memory",
+    "lr",
+    "it_per_s",
+    "anchors",
+    "bank_entries",
+    "skipped_samples",
+]
+VAL_FIELDS = ["iteration", "mIoU", "mAcc", "aAcc", "fwIoU"]
+FILES = ("metrics.csv", "val.csv", "summary.json", "config.yaml")
+
+
+def console(message: str) -> None:
+    """One progress line on the worker's stdout, which Ray forwards to the driver's console.
+
+    Written to the process's real stdout: Ray Train patches ``print`` into its logging, which shows
+    each line twice on the driver.
+    """
+    stream = sys.__stdout__ or sys.stdout
+    stream.write(message + "\n")
+    stream.flush()
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _truncate_csv(path: Path, last_iteration: int) -> None:
+    """Keep the header and rows with ``iteration <= last_iteration``."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= last_iteration]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(kept)
+
+
+class RunLogger:
+    """Rank 0's logger. ``start_iteration`` is where this (possibly resumed) run starts."""
+
+    def __init__(
+        self, run_dir: str, name: str, start_iteration: int, total_iterations: int, class_names
+    ):
+        self.run_dir = run_dir
+        self.name = name
+        self.total = total_iterations
+        self.class_names = list(class_names)
+        self.remote = storage.is_uri(run_dir)
+        self.local = (
+            Path(tempfile.mkdtemp(prefix="raycontrast-run-")) if self.remote else Path(run_dir)
+        )
+        self.local.mkdir(parents=True, exist_ok=True)
+        if self.remote:
+            for name_ in ("metrics.csv", "val.csv"):
+                uri = storage.join(run_dir, name_)
+                if storage.exists(uri):
+                    (self.local / name_).write_bytes(storage.read_bytes(uri))
+        for name_ in ("metrics.csv", "val.csv"):
+            _truncate_csv(self.local / name_, start_iteration)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(self.local / "tb"), purge_step=start_iteration or None)
+        self._t0 = time.perf_counter()
+        self._last = (start_iteration, self._t0)
+
+    def _append(self, filename: str, fields: list[str], row: dict[str, Any]) -> None:
+        path = self.local / filename
+        new = not path.exists() or path.stat().st_size == 0
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def speed(self, iteration: int) -> float:
+        """Iterations per second since the previous call."""
+        now = time.perf_counter()
+        it0, t0 = self._last
+        self._last = (iteration, now)
+        return (iteration - it0) / max(now - t0, 1e-9)
+
+    def train(self, row: dict[str, Any]) -> None:
+        """Log one training row (console, CSV, TensorBoard)."""
+        it = row["iteration"]
+        self._append("metrics.csv", TRAIN_FIELDS, row)
+        for key in ("loss", "ce", "aux", "contrast", "inbatch", "memory", "lr", "it_per_s"):
+            if row.get(key) is not None:
+                self.tb.add_scalar(f"train/{key}", row[key], it)
+        eta = (self.total - it) / row["it_per_s"] if row.get("it_per_s") else float("inf")
+        parts = [f"ce {row['ce']:.4f}"]
+        for key in ("aux", "inbatch", "memory"):
+            if row.get(key) is not None:
+                parts.append(f"{key} {row[key]:.4f}")
+        console(
+            f"[{self.name}] it {it}/{self.total} | loss {row['loss']:.4f} ({', '.join(parts)}) | "
+            f"lr {row['lr']:.2e} | {row['it_per_s']:.2f} it/s | ETA {format_eta(eta)}"
+        )
+
+    def val(self, iteration: int, metrics: dict[str, Any]) -> None:
+        """Log one evaluation."""
+        iou = metrics.get("IoU") or []
+        row = {k: metrics.get(k) for k in VAL_FIELDS[1:]}
+        row["iteration"] = iteration
+        fields = VAL_FIELDS + [f"IoU/{n}" for n in self.class_names]
+        for name, value in zip(self.class_names, iou):
+            row[f"IoU/{name}"] = value
+        self._append("val.csv", fields, row)
+        for key in VAL_FIELDS[1:]:
+            if metrics.get(key) is not None:
+                self.tb.add_scalar(f"val/{key}", metrics[key], iteration)
+        self.tb.flush()
+        console(
+            f"[{self.name}] eval at it {iteration}: mIoU {100 * metrics['mIoU']:.2f} | "
+            f"mAcc {100 * metrics['mAcc']:.2f} | aAcc {100 * metrics['aAcc']:.2f}"
+        )
+
+    def write_json(self, filename: str, payload: dict[str, Any]) -> None:
+        (self.local / filename).write_text(json.dumps(payload, indent=2) + "\n")
+
+    def sync(self) -> None:
+        """Upload the staging folder to URI storage (no-op for local and NFS paths)."""
+        self.tb.flush()
+        if not self.remote:
+            return
+        for path in self.local.rglob("*"):
+            if path.is_file():
+                rel = path.relative_to(self.local).as_posix()
+                storage.write_bytes(storage.join(self.run_dir, rel), path.read_bytes())
+
+    def close(self) -> None:
+        self.tb.close()
+        self.sync()
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def write_plots(run_dir: Path, class_names, per_class_iou) -> list[Path]:
+    """Loss and mIoU curves and the final per-class IoU as PNGs in ``run_dir/plots``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    train = _read_csv(run_dir / "metrics.csv")
+    if train:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        its = [_num(r["iteration"]) for r in train]
+        for key in ("loss", "ce", "contrast"):
+            ax.plot(its, [_num(r.get(key)) for r in train], label=key)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.set_title("training loss")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "loss.png", dpi=100)
+        plt.close(fig)
+        written.append(out / "loss.png")
+    val = _read_csv(run_dir / "val.csv")
+    if val:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(
+            [_num(r["iteration"]) for r in val], [100 * _num(r["mIoU"]) for r in val], marker="o"
+        )
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("mIoU (%)")
+        ax.set_title("validation mIoU")
+        fig.tight_layout()
+        fig.savefig(out / "miou.png", dpi=100)
+        plt.close(fig)
+        written.append(out / "miou.png")
+    if per_class_iou:
+        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(class_names)), 4))
+        values = [100 * (v if v is not None and math.isfinite(v) else 0.0) for v in per_class_iou]
+        ax.bar(range(len(values)), values)
+        ax.set_xticks(range(len(values)), class_names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("IoU (%)")
+        ax.set_title("per-class IoU (final)")
+        fig.tight_layout()
+        fig.savefig(out / "per_class_iou.png", dpi=100)
+        plt.close(fig)
+        written.append(out / "per_class_iou.png")
+    return written

@@ -1,0 +1,209 @@
+"""Ray Tune sweeps over any experiment config key.
+
+A sweep file names a base experiment, fixed overrides, a search space over dotted config keys, the
+metric, a scheduler (ASHA or FIFO) and the trial resources. Every trial is one Ray Train run (with its own
+bank actor) whose name is ``<sweep>_<trial id>``, so a failed trial resumes from its own checkpoint.
+
+Example sweep file::
+
+    base: ../synthetic.yaml
+    name: smoke
+    overrides: [train.iterations=60]
+    search_space:
+      contrast.memory_size: {grid: [100, 500]}
+      contrast.loss_weight: {loguniform: [0.01, 1.0]}
+    num_samples: 1
+    scheduler: {type: asha, grace_period: 20, max_t: 60}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raycontrast import storage
+from raycontrast.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    config_keys,
+    load_config,
+    param,
+)
+
+__all__ = ["SPACE_KINDS", "SchedulerConfig", "Sweep", "SweepConfig", "load_sweep"]
+
+SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+@dataclass
+class SchedulerConfig:
+    """Trial scheduler. ASHA stops weak trials at rungs measured in ``time_attr`` (training iterations)."""
+
+    type: str = param(
+        "fifo",
+        "fifo runs every trial to the end; asha stops weak ones early.",
+        choices=("fifo", "asha"),
+    )
+    time_attr: str = param("iteration", "Reported metric that measures progress.")
+    max_t: int | None = param(
+        None, "ASHA: the longest a trial runs (default: train.iterations).", ge=1
+    )
+    grace_period: int = param(1, "ASHA: progress before a trial can be stopped.", ge=1)
+    reduction_factor: float = param(2.0, "ASHA: halving rate.", gt=1.0)
+
+
+@dataclass
+class SweepConfig:
+    """A sweep file (``raycontrast tune SWEEP.yaml``)."""
+
+    base: str = param("", "Experiment YAML every trial starts from (relative to the sweep file).")
+    name: str = param("sweep", "Sweep name: results go to <storage_path>/<name>/.")
+    storage_path: str = param(
+        "runs/sweeps", "Where sweeps go (local folder, NFS path or s3:// URI)."
+    )
+    overrides: list[str] = param([], "key=value overrides applied to every trial.")
+    num_samples: int = param(1, "Samples of the random parts of the space (times the grid).", ge=1)
+    metric: str = param("mIoU", "Metric reported by training that the sweep optimises.")
+    mode: str = param("max", "Optimisation direction.", choices=("max", "min"))
+    scheduler: SchedulerConfig = field(
+        default_factory=SchedulerConfig, metadata={"help": "Scheduler."}
+    )
+    max_concurrent_trials: int = param(1, "Trials at once (1 on a small machine).", ge=1)
+    trial_cpus: float = param(
+        0.25, "CPUs of each trial's driver (Train workers take train.cpus_per_worker each).", ge=0.0
+    )
+    max_failures: int = param(
+        1, "Retries of a failed trial (it resumes from its checkpoint).", ge=0
+    )
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: its config, search space and where it came from."""
+
+    config: SweepConfig
+    space: dict[str, dict[str, list[Any]]]
+    path: Path
+    base_path: Path
+    extra_overrides: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def root(self) -> str:
+        """``<storage_path>/<name>``: Tune's experiment folder; trial runs go to ``runs/`` inside."""
+        return storage.join(storage.resolve(self.config.storage_path), self.config.name)
+
+    def trial_config(self, values: dict[str, Any], trial_id: str) -> ExperimentConfig:
+        """The experiment of one trial: base + fixed overrides + the trial's values."""
+        overrides = [*self.config.overrides, *self.extra_overrides]
+        overrides += [
+            f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in values.items()
+        ]
+        overrides += [
+            f"name={self.config.name}_{trial_id}",
+            f"storage_path={storage.join(self.root, 'runs')}",
+        ]
+        return load_config(self.base_path, overrides)
+
+    def tune_space(self) -> dict[str, Any]:
+        """The search space as Ray Tune domains (keys are the dotted config keys)."""
+        from ray import tune
+
+        out = {}
+        for key, spec in self.space.items():
+            ((kind, values),) = spec.items()
+            if kind == "grid":
+                out[key] = tune.grid_search(list(values))
+            elif kind == "choice":
+                out[key] = tune.choice(list(values))
+            elif kind == "uniform":
+                out[key] = tune.uniform(*values)
+            elif kind == "loguniform":
+                out[key] = tune.loguniform(*values)
+            else:
+                out[key] = tune.randint(*values)
+        return out
+
+
+def _check_space(space: Any, source: str) -> dict[str, dict[str, list[Any]]]:
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{source}: search_space must be a non-empty mapping of config keys")
+    leaves = set(config_keys())
+    for key, spec in space.items():
+        where = f"{source}: search_space.{key}"
+        if key not in leaves:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), sorted(leaves), n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"{where}: {key!r} is not a config key{hint}")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
+            raise ConfigError(
+                f"{where}: expected one of {{{', '.join(SPACE_KINDS)}: [...]}}, got {spec!r}"
+            )
+        ((kind, values),) = spec.items()
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.{kind}: expected a non-empty list, got {values!r}")
+        if kind in ("uniform", "loguniform", "randint"):
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if len(values) != 2 or not numeric or not values[0] < values[1]:
+                raise ConfigError(
+                    f"{where}.{kind}: expected [low, high] with low < high, got {values!r}"
+                )
+            if kind == "loguniform" and values[0] <= 0:
+                raise ConfigError(f"{where}.loguniform: bounds must be > 0, got {values!r}")
+            if kind == "randint" and not all(isinstance(v, int) for v in values):
+                raise ConfigError(f"{where}.randint: bounds must be integers, got {values!r}")
+    return space
+
+
+def _probe_values(kind: str, values: list[Any]) -> list[Any]:
+    """Values whose validity implies the whole domain's (for ranges: the endpoints)."""
+    if kind == "randint":
+        return [values[0], values[1] - 1]
+    if kind in ("uniform", "loguniform"):
+        return [values[0], math.nextafter(values[1], values[0])]
+    return list(values)
+
+
+def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """Read and validate a sweep file; every searched value is checked against the config schema."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    space = raw.pop("search_space", None)
+    cfg = config_from_dict(SweepConfig, raw, source=str(path))
+    if not cfg.base:
+        raise ConfigError(f"{path}: 'base' (the experiment YAML trials start from) is required")
+    base_path = (path.parent / cfg.base).resolve()
+    space = _check_space(space, str(path))
+    sweep = Sweep(cfg, space, path, base_path, list(extra_overrides))
+    base = sweep.trial_config({}, "probe")
+    for key, spec in space.items():
+        ((kind, values),) = spec.items()
+        for value in _probe_values(kind, values):
+            try:
+                sweep.trial_config({key: value}, "probe")
+            except ConfigError as err:
+                raise ConfigError(
+                    f"{path}: search_space.{key}: value {value!r} is invalid: {err}"
+                ) from None
+    if cfg.scheduler.type == "asha" and cfg.scheduler.time_attr == "iteration":
+        max_t = cfg.scheduler.max_t or base.train.iterations
+        if cfg.scheduler.grace_period > max_t:
+            raise ConfigError(
+                f"{path}: scheduler.grace_period={cfg.scheduler.grace_period} exceeds max_t={max_t}"
+            )
+    return sweep

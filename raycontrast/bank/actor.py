@@ -169,15 +169,20 @@ class BankActor:
         return self.describe()
 
     def describe(self) -> dict[str, Any]:
-        """Version, incarnation, fill and counters (cheap)."""
+        """Version, incarnation, fill, node and counters (cheap)."""
         return {
             "incarnation": self.incarnation,
             "version": self.version,
+            "node_id": ray.get_runtime_context().get_node_id(),
             "entries": len(self.bank),
             "restored_from": self.restored_from,
             "recovering": self.recovering,
             "stats": dict(self.stats),
         }
+
+    def digest(self) -> dict[str, Any]:
+        """The bank's SHA-1 (see :meth:`MemoryBank.digest`) with its version."""
+        return {"version": self.version, "digest": self.bank.digest()}
 
     def state(self) -> dict[str, Any]:
         """The full bank state (packed) with its version."""

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -279,6 +280,13 @@ class MemoryBank:
         self.ptr.copy_(state["ptr"])
         self.count.copy_(state["count"])
         self.writes = int(state["writes"])
+
+    def digest(self) -> str:
+        """SHA-1 of the queues, pointers and fill counts: equal digests mean bit-identical banks."""
+        h = hashlib.sha1()
+        for t in (self.ptr, self.count, self.data):
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def equal(self, other: MemoryBank) -> bool:
         """Bit-identical queues, pointers and fill counts."""

@@ -180,6 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     last_epoch = -1
     status = "completed"
     done = start
+    bank_check: dict[str, Any] = {}
     t_start = time.perf_counter()
     model.train()
     for it in range(start, cfg.train.iterations):
@@ -304,6 +305,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             }
             if sync is not None:
                 report["bank_bytes_per_step"] = sync.traffic()["bytes_per_step"]
+                bank_check = _check_replicas(sync, rank, cfg.train.collective_timeout_s)
+                report.update(bank_check)
             _report(
                 cfg,
                 rank,
@@ -351,6 +354,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if sync is not None
         else None,
     }
+
+
+def _check_replicas(sync, rank: int, timeout_s: float) -> dict[str, Any]:
+    """Digest every rank's replica (and the actor's bank): the invariant of a shared bank."""
+    digests = _gather_objects(sync.replica.digest())
+    check = {"bank_replicas_identical": len(set(digests)) == 1, "bank_entries": len(sync.replica)}
+    if sync.mode == "actor":
+        import ray
+
+        actor = ray.get(sync.actor.digest.remote(), timeout=timeout_s)
+        check["bank_matches_actor"] = actor["digest"] == digests[0]
+    if rank == 0 and sync.mode != "local" and not check["bank_replicas_identical"]:
+        console(f"[bank] replicas differ: {digests}")
+    return check
 
 
 def _evaluate(cfg: ExperimentConfig, core, val_data, num_classes: int, device) -> dict[str, Any]:

@@ -35,6 +35,8 @@ def test_two_workers_train_checkpoint_and_resume(ray_session, tiny):
     assert state["iteration"] == 4 and len(state["rng"]) == 2
     assert int(state["bank"]["count"].sum()) > 0
     entries_before = int(rows[-1]["bank_entries"])
+    assert summary["bank"]["mode"] == "actor"
+    assert summary["bank"]["bank_replicas_identical"] and summary["bank"]["bank_matches_actor"]
 
     resumed = run_training(tiny("e2e", "train.iterations=6"))
     assert resumed["iterations"] == 6

@@ -129,11 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from raycontrast.data import DatasetError
+
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"raycontrast: config error: {err}", file=sys.stderr)
+    except ConfigError as err:  # includes checkpoint and model errors
+        print(f"raycontrast: error: {err}", file=sys.stderr)
         return 2
+    except DatasetError as err:
+        print(f"raycontrast: dataset error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        from raycontrast.train import NonFiniteLoss, TrainingInterrupted
+
+        if isinstance(err, TrainingInterrupted):
+            print(f"raycontrast: {err}", file=sys.stderr)
+            return 130
+        if not isinstance(err, NonFiniteLoss):
+            raise
+        print(f"raycontrast: training stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("raycontrast: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

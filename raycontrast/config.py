@@ -254,7 +254,12 @@ class TrainConfig:
 
     iterations: int = param(40000, "Training iterations.", ge=1)
     batch_size: int = param(8, "Global batch size (split evenly across workers).", ge=1)
-    num_workers: int = param(2, "Ray Train workers.", ge=1)
+    num_workers: int = param(
+        2,
+        "Ray Train workers; 0 runs the loop in the driver process (Ray Train's local mode: for "
+        "debugging, checkpoints are not persisted and a rerun does not resume).",
+        ge=0,
+    )
     use_gpu: bool = param(False, "One GPU per worker (nccl); otherwise CPU (gloo).")
     cpus_per_worker: float = param(1.0, "CPUs reserved per Train worker.", gt=0.0)
     amp: str = param(
@@ -304,7 +309,12 @@ class DebugConfig:
         -1, "Kill a Train worker once when this iteration starts (-1: off)."
     )
     fail_rank: int = param(0, "Rank that fails.", ge=0)
-    nonfinite_at_iteration: int = param(-1, "Make the contrast term non-finite at this iteration.")
+    nonfinite_at_iteration: int = param(
+        -1, "Make rank 0's contrast term non-finite in iteration N (counted from 1; -1: off)."
+    )
+    kill_bank_at_iteration: int = param(
+        -1, "Rank 0 kills the bank actor once when iteration N starts (Ray restarts it; -1: off)."
+    )
 
 
 @dataclass
@@ -357,7 +367,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError("data.source=parquet needs data.parquet_dir")
     if cfg.data.dataset != "synthetic" and cfg.data.source == "files" and not cfg.data.root:
         raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}")
-    if cfg.train.batch_size % cfg.train.num_workers:
+    if cfg.train.batch_size % max(cfg.train.num_workers, 1):
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} must be divisible by "
             f"train.num_workers={cfg.train.num_workers} (it is the global batch)"

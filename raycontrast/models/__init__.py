@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from raycontrast.models.backbone import create_backbone
 from raycontrast.models.checkpoint import (
+    check_compatible,
     load_checkpoint,
     load_segmentor,
     load_state_dict_strict,
@@ -43,6 +44,7 @@ __all__ = [
     "Segmentor",
     "build_head",
     "build_segmentor",
+    "check_compatible",
     "convert_sync_batchnorm",
     "create_backbone",
     "deploy_model",

@@ -30,6 +30,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "FORMAT",
     "VERSION",
+    "check_compatible",
     "checkpoint_file",
     "load_checkpoint",
     "load_segmentor",
@@ -207,6 +208,44 @@ def _describe(arch: dict[str, Any], keys: list[str]) -> str:
     return ", ".join(parts)
 
 
+def check_compatible(
+    state: Mapping[str, Any],
+    expect: ExperimentConfig | None = None,
+    num_classes: int | None = None,
+    source: str = "checkpoint",
+) -> None:
+    """Raise :class:`CheckpointError` when a loaded checkpoint's architecture or class count differs
+    from ``expect`` / ``num_classes``, naming both (e.g. resuming a run name with another model)."""
+    try:
+        cfg = config_from_dict(ExperimentConfig, state["config"], source=f"checkpoint {source}")
+    except ConfigError as err:
+        raise CheckpointError(
+            f"the config stored in checkpoint {source} is not valid: {err}"
+        ) from err
+    k_ckpt = int(state["num_classes"])
+    # runs without pixel contrast (contrast.enabled=false) train and save no projection head
+    projection = any(k.startswith("proj_head.") for k in _strip_wrappers(state["model"]))
+    have = _arch(cfg, k_ckpt)
+    if not projection:
+        have = {k: v for k, v in have.items() if not k.startswith("proj_")}
+    want = dict(have)
+    if expect is not None:
+        want.update({k: v for k, v in _arch(expect, k_ckpt).items() if k in have})
+    if num_classes is not None:
+        want["num_classes"] = int(num_classes)
+    diff = [k for k in have if have[k] != want[k]]
+    if diff:
+        shown = [
+            "backbone",
+            *[k for k in diff if k not in ("backbone", "num_classes")],
+            "num_classes",
+        ]
+        raise CheckpointError(
+            f"checkpoint {source} was trained with {_describe(have, shown)}; this config asks for "
+            f"{_describe(want, shown)}"
+        )
+
+
 def load_segmentor(
     path: str | Path,
     expect: ExperimentConfig | None = None,
@@ -242,29 +281,10 @@ def load_segmentor(
         raise CheckpointError(
             f"the config stored in checkpoint {source} is not valid: {err}"
         ) from err
+    check_compatible(state, expect, num_classes, source)
     k_ckpt = int(state["num_classes"])
     weights = _strip_wrappers(state["model"])
-    # runs without pixel contrast (contrast.enabled=false) train and save no projection head
     projection = any(k.startswith("proj_head.") for k in weights)
-    have = _arch(cfg, k_ckpt)
-    if not projection:
-        have = {k: v for k, v in have.items() if not k.startswith("proj_")}
-    want = dict(have)
-    if expect is not None:
-        want.update({k: v for k, v in _arch(expect, k_ckpt).items() if k in have})
-    if num_classes is not None:
-        want["num_classes"] = int(num_classes)
-    diff = [k for k in have if have[k] != want[k]]
-    if diff:
-        shown = [
-            "backbone",
-            *[k for k in diff if k not in ("backbone", "num_classes")],
-            "num_classes",
-        ]
-        raise CheckpointError(
-            f"checkpoint {source} was trained with {_describe(have, shown)}; this config asks for "
-            f"{_describe(want, shown)}"
-        )
     seg = build_segmentor(dataclasses.replace(cfg.model, pretrained=False), k_ckpt, projection)
     seg.cfg = cfg.model
     load_state_dict_strict(seg, weights, f"checkpoint {source}")

@@ -19,13 +19,24 @@ from typing import Any
 import ray
 
 from raycontrast import storage
-from raycontrast.config import ExperimentConfig, config_to_dict
+from raycontrast.config import ConfigError, ExperimentConfig, config_to_dict
 from raycontrast.contrast import memory_kinds
 from raycontrast.data import build_dataset, dataset_info
 from raycontrast.train.logger import write_plots
 from raycontrast.train.loop import NonFiniteLoss, train_loop_per_worker
 
-__all__ = ["check_data", "connect", "run_dir_of", "run_training"]
+__all__ = [
+    "TrainingInterrupted",
+    "check_data",
+    "check_storage",
+    "connect",
+    "run_dir_of",
+    "run_training",
+]
+
+
+class TrainingInterrupted(RuntimeError):
+    """The run was aborted before finishing (e.g. Ctrl-C in the driver); rerunning resumes it."""
 
 
 def connect(address: str | None = None) -> None:
@@ -39,6 +50,19 @@ def connect(address: str | None = None) -> None:
     else:
         # the dashboard (loopback only) serves the state API that Ray Train's controller polls
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+
+
+def check_storage(storage_path: str) -> None:
+    """Under ``ray job submit`` the entrypoint runs in a temporary copy of the working dir: a relative
+    ``storage_path`` would put checkpoints there, where they are deleted with the job."""
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not (
+        storage.is_uri(storage_path) or os.path.isabs(storage_path)
+    ):
+        raise ConfigError(
+            f"storage_path={storage_path!r} is relative, and this runs as a Ray job whose working "
+            f"dir ({os.getcwd()}) is temporary: results would be lost. Pass an absolute path on "
+            "shared storage (NFS) or a URI, e.g. storage_path=s3://bucket/runs"
+        )
 
 
 def run_dir_of(cfg: ExperimentConfig) -> str:
@@ -71,6 +95,7 @@ def run_training(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t0 = time.perf_counter()
+    check_storage(cfg.storage_path)
     check_data(cfg)
     connect(address)
     storage_path = storage.resolve(cfg.storage_path)
@@ -94,7 +119,7 @@ def run_training(
         actor = create_bank_actor(
             cfg.name,
             spec,
-            world_size=cfg.train.num_workers,
+            world_size=max(cfg.train.num_workers, 1),
             snapshot_uri=storage.join(run_dir, "bank", "snapshot.pt"),
             snapshot_every=cfg.bank.snapshot_every,
         )
@@ -142,6 +167,11 @@ def run_training(
     )
     result = trainer.fit()
     del actor
+    if result.return_value is None and result.error is None:
+        raise TrainingInterrupted(
+            f"{cfg.name}: training was aborted (Ctrl-C); rerun the same command to resume from the "
+            f"last checkpoint registered in {run_dir}"
+        )
     out = result.return_value or {}
     if str(out.get("status", "")).startswith("stopped"):
         raise NonFiniteLoss(

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from raycontrast import storage
 from raycontrast.config import ExperimentConfig, config_from_dict, config_to_dict, save_config
@@ -27,12 +26,15 @@ from raycontrast.data import dataset_info
 from raycontrast.eval import evaluate, resolve_eval_config
 from raycontrast.models import (
     build_segmentor,
+    check_compatible,
     convert_sync_batchnorm,
     load_checkpoint,
+    load_state_dict_strict,
     save_checkpoint,
 )
 from raycontrast.train.data import train_batches, val_shard
 from raycontrast.train.logger import RunLogger, console
+from raycontrast.train.losses import step_losses
 from raycontrast.train.state import get_rng_state, seed_everything, set_rng_state
 
 __all__ = ["NonFiniteLoss", "train_loop_per_worker"]
@@ -71,16 +73,49 @@ def _autocast(cfg: ExperimentConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _fail_once(cfg: ExperimentConfig, run_dir: str, iteration: int, rank: int) -> None:
-    """debug.fail_at_iteration: SIGKILL this worker the first time the iteration starts."""
-    if iteration != cfg.debug.fail_at_iteration or rank != cfg.debug.fail_rank:
-        return
-    marker = storage.join(run_dir, f".debug_failed_at_{iteration}")
+def _first_time(run_dir: str, what: str) -> bool:
+    """True once per run directory for ``what`` (fault injections must not repeat after a restart)."""
+    marker = storage.join(run_dir, "debug", what)
     if storage.exists(marker):
-        return
+        return False
     storage.write_bytes(marker, b"1")
-    console(f"[debug] killing rank {rank} (pid {os.getpid()}) at iteration {iteration}")
-    os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def _inject_faults(cfg: ExperimentConfig, run_dir: str, iteration: int, rank: int, sync) -> None:
+    """``debug.*`` fault injection for the reliability tests."""
+    d = cfg.debug  # iterations are counted from 1, as in the logs
+    worker_fault = iteration == d.fail_at_iteration and rank == d.fail_rank
+    if worker_fault and _first_time(run_dir, f"worker_failed_at_{iteration}"):
+        console(f"[debug] killing rank {rank} (pid {os.getpid()}) at iteration {iteration}")
+        os.kill(os.getpid(), signal.SIGKILL)
+    has_actor = sync is not None and sync.mode == "actor"
+    bank_fault = iteration == d.kill_bank_at_iteration and rank == 0 and has_actor
+    if bank_fault and _first_time(run_dir, f"bank_killed_at_{iteration}"):
+        import ray
+
+        console(f"[debug] killing the bank actor at iteration {iteration}")
+        ray.kill(sync.actor, no_restart=False)
+
+
+def _write_worker_info(run_dir: str, rank: int, world: int) -> None:
+    """``<run dir>/workers/rank-<r>.json``: pid and node of each worker (for operators and tests)."""
+    import json
+    import socket
+
+    import ray
+
+    info = {
+        "rank": rank,
+        "world_size": world,
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "started": time.time(),
+    }
+    storage.write_bytes(
+        storage.join(run_dir, "workers", f"rank-{rank}.json"), json.dumps(info).encode()
+    )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +186,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state = load_checkpoint(ckpt_dir)
-        core.load_state_dict(state["model"])
+        source = f"{checkpoint.path} (resuming run {cfg.name!r}; use another name for a new run)"
+        check_compatible(state, cfg, num_classes, source)
+        load_state_dict_strict(core, state["model"], source)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -166,6 +203,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if sync is not None:
         sync.start(bank_state, version=start)
 
+    _write_worker_info(run_dir, rank, world)
     logger = None
     if rank == 0:
         logger = RunLogger(run_dir, cfg.name, start, cfg.train.iterations, info.class_names)
@@ -184,7 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     t_start = time.perf_counter()
     model.train()
     for it in range(start, cfg.train.iterations):
-        _fail_once(cfg, run_dir, it, rank)
+        _inject_faults(cfg, run_dir, it + 1, rank, sync)
         epoch, batch = next(batches)
         if replica is not None and cfg.contrast.reset_every_epoch and epoch != last_epoch:
             replica.reset()  # every rank sees the same epoch boundary, so replicas stay identical
@@ -195,41 +233,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
         with _autocast(cfg, device):
             out = model(images)
-        logits = out["logits"].float()
-        ce = F.cross_entropy(
-            F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False),
-            labels,
-            ignore_index=ignore,
-        )
-        terms = {"ce": ce}
-        loss = ce
-        if "aux" in out:
-            aux = F.cross_entropy(
-                F.interpolate(
-                    out["aux"].float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
-                ),
-                labels,
-                ignore_index=ignore,
-            )
-            terms["aux"] = aux
-            loss = loss + cfg.train.aux_weight * aux
-        contrast = None
-        if criterion is not None:
-            embed = out["embed"].float()
-            contrast = criterion(embed, labels, logits, it, bank=replica, generator=generator)
-            c_loss = contrast.loss
-            if it == cfg.debug.nonfinite_at_iteration and rank == 0:
-                c_loss = c_loss * float("nan")
-            terms["contrast"] = c_loss
-            terms.update(contrast.terms)
-            loss = loss + cfg.contrast.loss_weight * c_loss
-
+        poison = it + 1 == cfg.debug.nonfinite_at_iteration and rank == 0  # fault injection
+        losses = step_losses(cfg, out, labels, it, criterion, replica, generator, poison)
+        loss, terms, contrast = losses.total, losses.terms, losses.contrast
         finite = torch.tensor([1.0 if bool(torch.isfinite(loss)) else 0.0], device=device)
         if float(_all_reduce(finite, dist.ReduceOp.MIN if _distributed() else None)) < 1.0:
             bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()))]
             culprits = [b for b in _gather_objects(bad) if b]
             names = ", ".join(sorted({t for c in culprits for t in c})) or "loss"
-            detail = f"non-finite loss at iteration {it} (terms: {names})"
+            detail = f"non-finite loss in iteration {it + 1} (terms: {names})"
             if cfg.train.on_nonfinite == "stop":
                 status = f"stopped: {detail}"
                 if rank == 0:
@@ -305,8 +317,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             }
             if sync is not None:
                 report["bank_bytes_per_step"] = sync.traffic()["bytes_per_step"]
-                bank_check = _check_replicas(sync, rank, cfg.train.collective_timeout_s)
-                report.update(bank_check)
+                check = _check_replicas(sync, rank, cfg.train.collective_timeout_s)
+                report.update(check)
+                # the summary holds whether the invariant held at *every* evaluation
+                for key, value in check.items():
+                    if isinstance(value, bool):
+                        value = bank_check.get(key, True) and value
+                    bank_check[key] = value
             _report(
                 cfg,
                 rank,
@@ -350,9 +367,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "train_wall_s": wall,
         "skipped_samples": totals["skipped_samples"],
         "skipped_steps": totals["skipped_steps"],
-        "bank": sync.traffic() | {"mode": sync.mode, "entries": len(replica)}
-        if sync is not None
-        else None,
+        "bank": (sync.traffic() | {"mode": sync.mode, **bank_check}) if sync is not None else None,
     }
 
 

@@ -70,9 +70,10 @@ def run_sweep(
     """
     from ray import tune
 
-    from raycontrast.train import check_data, connect
+    from raycontrast.train import check_data, check_storage, connect
 
     sweep = load_sweep(path, list(overrides))
+    check_storage(sweep.config.storage_path)
     check_data(sweep.trial_config({}, "probe"))  # a missing dataset fails here, not in every trial
     connect(address)
     cfg = sweep.config

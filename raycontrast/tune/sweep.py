@@ -184,6 +184,13 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     space = raw.pop("search_space", None)
+    # `name=` / `storage_path=` on the command line name the sweep itself (its trials derive theirs)
+    extra_overrides = list(extra_overrides)
+    for item in list(extra_overrides):
+        key, _, value = item.partition("=")
+        if key.strip() in ("name", "storage_path"):
+            raw[key.strip()] = value
+            extra_overrides.remove(item)
     cfg = config_from_dict(SweepConfig, raw, source=str(path))
     if not cfg.base:
         raise ConfigError(f"{path}: 'base' (the experiment YAML trials start from) is required")

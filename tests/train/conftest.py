@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import time
+from pathlib import Path
+
 import pytest
 
 from raycontrast.config import load_config
@@ -42,3 +46,48 @@ def tiny(tmp_path):
         )
 
     return make
+
+
+def write_synthetic_folder(
+    root, n_train: int = 16, n_val: int = 4, size=(64, 64), corrupt: int = 1
+):
+    """A ``folder`` dataset (images/<split>, masks/<split>, classes.txt) of synthetic scenes, with
+    ``corrupt`` unreadable training images (their masks exist)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from raycontrast.data import SYNTHETIC_CLASSES, generate_scene
+
+    root = Path(root)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image, label = generate_scene(0, split, i, size)
+            Image.fromarray(image).save(root / "images" / split / f"s{i:03d}.png")
+            Image.fromarray(label).save(root / "masks" / split / f"s{i:03d}.png")
+    for i in range(corrupt):
+        (root / "images" / "train" / f"s{i:03d}.png").write_bytes(b"not a png")
+    (root / "classes.txt").write_text("\n".join(SYNTHETIC_CLASSES) + "\n")
+    return root
+
+
+def read_rows(run_dir: Path, name: str = "metrics.csv") -> list[dict[str, str]]:
+    """Rows of a run's metrics.csv / val.csv."""
+    with (Path(run_dir) / name).open() as f:
+        return list(csv.DictReader(f))
+
+
+def logged_iterations(run_dir: Path, name: str = "metrics.csv") -> list[int]:
+    return [int(r["iteration"]) for r in read_rows(run_dir, name)]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it is true, failing the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -374,6 +374,10 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         )
     if cfg.train.amp == "fp16" and not cfg.train.use_gpu:
         raise ConfigError("train.amp=fp16 needs train.use_gpu=true; use bf16 on CPU")
+    if cfg.train.sync_bn and not cfg.train.use_gpu:
+        raise ConfigError(
+            "train.sync_bn=true needs train.use_gpu=true (torch's SyncBatchNorm runs on GPUs)"
+        )
     if cfg.bank.overlap and cfg.bank.mode != "actor":
         raise ConfigError("bank.overlap=true applies to bank.mode=actor only")
 

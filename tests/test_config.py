@@ -48,16 +48,18 @@ def test_unknown_key_names_the_file_and_suggests(tmp_path):
         ("train.iterations=2.5", r"train.iterations must be int, got 2.5"),
         ("contrast.memory=all", r"contrast.memory='all' is not one of: none, pixel, region, both"),
         ("contrast.tau=0", r"contrast.tau=0.0 is out of range: must be > 0"),
-        ("train.use_gpu=yes please", r"train.use_gpu must be bool"),
+        ("train.use_gpu=maybe", r"train.use_gpu must be bool"),
         ("data.crop_size=[10]", r"data.crop_size must be \[height, width\]"),
         ("train.batch_size=5", r"must be divisible by train.num_workers=2"),
         ("data.ingest=ray_data", r"data.source=parquet"),
         ("model=3", r"model must be a mapping"),
+        ("train.sync_bn=true", r"train.sync_bn=true needs train.use_gpu=true"),
+        ("bank.overlap=true bank.mode=local", r"bank.overlap=true applies to bank.mode=actor"),
     ],
 )
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])
+        load_config(None, override.split(" "))
 
 
 def test_base_inheritance_and_overrides(tmp_path):

@@ -65,6 +65,28 @@ def check_storage(storage_path: str) -> None:
         )
 
 
+def check_resume(cfg: ExperimentConfig, run_dir: str) -> None:
+    """A rerun resumes the run's latest checkpoint: refuse, before any worker starts, when that
+    checkpoint holds another architecture or class count (local and NFS run dirs)."""
+    if storage.is_uri(run_dir):
+        return  # checked by the workers when they load it
+    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+    candidates = sorted(
+        Path(run_dir).glob("checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime
+    )
+    if not snapshot.exists() or not candidates:
+        return
+    from raycontrast.models import check_compatible, load_checkpoint
+
+    state = load_checkpoint(candidates[-1])
+    check_compatible(
+        state,
+        cfg,
+        dataset_info(cfg.data).num_classes,
+        f"{candidates[-1].parent} (rerunning {cfg.name!r} resumes it; choose another name for a new run)",
+    )
+
+
 def run_dir_of(cfg: ExperimentConfig) -> str:
     """``<storage_path>/<name>``, absolute (or a URI)."""
     return storage.join(storage.resolve(cfg.storage_path), cfg.name)
@@ -101,6 +123,7 @@ def run_training(
     storage_path = storage.resolve(cfg.storage_path)
     run_dir = storage.join(storage_path, cfg.name)
     storage.makedirs(run_dir)
+    check_resume(cfg, run_dir)
 
     actor_name = actor = None  # the handle must stay referenced while training runs
     uses_bank = cfg.contrast.enabled and memory_kinds(cfg.contrast)

@@ -32,6 +32,19 @@ def test_nonfinite_loss_stops_naming_the_term_or_skips_the_step(ray_session, tin
         assert summary["iterations"] == 4 and summary["skipped_steps"] == 1
 
 
+def test_bf16_autocast_trains(ray_session, tiny):
+    summary = run_training(
+        tiny(
+            "bf16",
+            "train.num_workers=0",
+            "train.amp=bf16",
+            "train.iterations=2",
+            "contrast.memory=none",
+        )
+    )
+    assert summary["iterations"] == 3 and summary["mIoU"] is not None
+
+
 def test_interrupted_driver_resumes_when_rerun(ray_session, tmp_path):
     from tests.train.conftest import TINY
 

@@ -90,6 +90,23 @@ def test_single_worker_on_a_folder_dataset_with_a_corrupt_image(ray_session, tin
     assert all(c > 0 for c in contrast[2:])  # the contrast loss applies in 1-worker runs
     assert all(float(r["memory"]) > 0 for r in rows[2:])
 
+    # the checkpoint serves `raycontrast eval` and `raycontrast export` ...
+    from raycontrast.cli import main
+
+    config = str(Path(summary["run_dir"]) / "config.yaml")
+    out = tmp_path / "eval.json"
+    assert main(["eval", config, summary["checkpoint"], "--out", str(out)]) == 0
+    assert abs(json.loads(out.read_text())["metrics"]["mIoU"] - summary["mIoU"]) < 1e-9
+    assert main(["export", summary["checkpoint"], "--out", str(tmp_path / "seg.pt")]) == 0
+    # ... and a rerun of the same name with another model is refused before any worker starts
+    from raycontrast.models import CheckpointError
+
+    other = tiny("single", f"data.root={root}", "data.dataset=folder", "model.backbone=resnet34")
+    with pytest.raises(
+        CheckpointError, match=r"backbone 'resnet18'.*this config asks for backbone 'resnet34'"
+    ):
+        run_training(other)
+
 
 def test_ray_data_ingest_from_parquet_shards(ray_session, tiny, tmp_path):
     from raycontrast.data import convert_dataset

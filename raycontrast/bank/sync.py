@@ -12,6 +12,7 @@ Three modes (``bank.mode``):
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -45,6 +46,7 @@ class BankSync:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.exchanges = 0
+        self.seconds = 0.0  # wall time spent inside exchange() and flush()
 
     def start(self, state: dict[str, Any] | None, version: int) -> None:
         """Begin (or resume) from a checkpoint's bank state, or empty with ``None``."""
@@ -56,10 +58,23 @@ class BankSync:
         self.version = version
 
     def exchange(self, step: int, records: BankRecords) -> None:
-        raise NotImplementedError
+        """Contribute this worker's records of ``step`` and update the replica (timed)."""
+        t0 = time.perf_counter()
+        self.exchanges += 1
+        self._exchange(step, records)
+        self.seconds += time.perf_counter() - t0
 
     def flush(self) -> None:
         """Apply anything still in flight (before checkpoints and at the end)."""
+        t0 = time.perf_counter()
+        self._flush()
+        self.seconds += time.perf_counter() - t0
+
+    def _exchange(self, step: int, records: BankRecords) -> None:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        pass
 
     def traffic(self) -> dict[str, float]:
         n = max(self.exchanges, 1)
@@ -67,6 +82,7 @@ class BankSync:
             "bytes_sent_per_step": self.bytes_sent / n,
             "bytes_received_per_step": self.bytes_received / n,
             "bytes_per_step": (self.bytes_sent + self.bytes_received) / n,
+            "exchange_s_per_step": self.seconds / n,
         }
 
 
@@ -75,10 +91,9 @@ class LocalSync(BankSync):
 
     mode = "local"
 
-    def exchange(self, step: int, records: BankRecords) -> None:
+    def _exchange(self, step: int, records: BankRecords) -> None:
         self.replica.write(records)
         self.version = step + 1
-        self.exchanges += 1
 
 
 class AllGatherSync(BankSync):
@@ -86,8 +101,7 @@ class AllGatherSync(BankSync):
 
     mode = "allgather"
 
-    def exchange(self, step: int, records: BankRecords) -> None:
-        self.exchanges += 1
+    def _exchange(self, step: int, records: BankRecords) -> None:
         if not _distributed():
             self.replica.write(records)
             self.version = step + 1
@@ -155,8 +169,7 @@ class ActorSync(BankSync):
         info = ray.get(self.actor.describe.remote(), timeout=self.timeout_s)
         self.incarnation = info["incarnation"] if info["version"] == version else None
 
-    def exchange(self, step: int, records: BankRecords) -> None:
-        self.exchanges += 1
+    def _exchange(self, step: int, records: BankRecords) -> None:
         packed = pack_records(records)
         self.bytes_sent += wire_nbytes(packed)
         if not self.overlap:
@@ -165,12 +178,12 @@ class ActorSync(BankSync):
             )
             self._apply(ray.get(ref, timeout=self.timeout_s))
             return
-        self.flush()  # the previous step's answer, normally already waiting
+        self._flush()  # the previous step's answer, normally already waiting
         self._pending = self.actor.exchange.remote(
             self.rank, step, packed, self.version, self.incarnation
         )
 
-    def flush(self) -> None:
+    def _flush(self) -> None:
         if self._pending is not None:
             ref, self._pending = self._pending, None
             self._apply(ray.get(ref, timeout=self.timeout_s))

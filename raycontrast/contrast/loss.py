@@ -88,6 +88,7 @@ class _BlockInfoNCE(torch.autograd.Function):
         n, d = z.shape
         need_gz, need_gs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
 
+        zs = z * inv_tau  # similarities come out of the matmul already scaled
         mem_classes = sorted({c for c, _, _ in m_blocks})
         col = {c: j for j, c in enumerate(mem_classes)}
         # Pass 1: per-class block log-sum-exp L[i, c] (and softmax-weighted block means W[i, c]).
@@ -97,19 +98,16 @@ class _BlockInfoNCE(torch.autograd.Function):
             j = col[c]
             for a, b in _chunks(s0, s1, n):
                 x = store[a:b].detach().to(cdtype)
-                s = z @ x.T
-                s.mul_(inv_tau)
+                s = zs @ x.T
                 m = s.amax(1)
                 s.sub_(m[:, None]).exp_()
                 chunk_lse = m + s.sum(1).log()
                 old = lse[:, j]
                 new = torch.logaddexp(old, chunk_lse)
                 if wmean is not None:
-                    u = s @ x
-                    wmean[:, j] = (
-                        wmean[:, j] * torch.exp(old - new)[:, None]
-                        + u * torch.exp(m - new)[:, None]
-                    )
+                    w = wmean[:, j]  # a view: updated in place
+                    w.mul_(torch.exp(old - new)[:, None])
+                    w.add_((s @ x).mul_(torch.exp(m - new)[:, None]))
                 lse[:, j] = new
 
         # Log-sum-exp over negatives: every block column except the anchor's own class.
@@ -133,12 +131,12 @@ class _BlockInfoNCE(torch.autograd.Function):
         for blk in m_blocks:
             blocks_of.setdefault(blk[0], []).append(blk)
         for c, r0, r1 in a_blocks:
-            zc = z[r0:r1]
+            zc = zs[r0:r1]
             ln = log_neg[r0:r1, None]
             for _, s0, s1 in blocks_of.get(c, ()):
                 for a, b in _chunks(s0, s1, r1 - r0):
                     x = store[a:b].detach().to(cdtype)
-                    t = ln - (zc @ x.T) * inv_tau
+                    t = ln - zc @ x.T
                     sp, sg = F.softplus(t), torch.sigmoid(t)
                     count = torch.full((r1 - r0,), b - a, dtype=z.dtype, device=z.device)
                     if exclude_self:

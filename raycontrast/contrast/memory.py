@@ -125,10 +125,8 @@ def select_records(
         cls = y[pixel[chosen]]
         parts.append(BankRecords(cls, torch.zeros_like(cls), vec.to(dtype)))
     if "region" in kinds and pixel.numel():
-        # per-image class sums; ignore pixels go to an extra column that is dropped
-        column = torch.where(valid, y, num_classes).reshape(b, 1, h * w).expand(b, d, h * w)
-        sums = keys.new_zeros((b, d, num_classes + 1), dtype=torch.float32)
-        sums.scatter_add_(2, column, keys.float())
+        column = torch.where(valid, y, num_classes).reshape(b, h * w)
+        sums = _class_sums(keys.float(), column, num_classes)
         sums = sums[:, :, :num_classes].transpose(1, 2).reshape(b * num_classes, d)
         present = torch.nonzero(torch.bincount(group, minlength=b * num_classes)).squeeze(1)
         vec = F.normalize(sums[present], dim=1)
@@ -137,6 +135,21 @@ def select_records(
     if not parts:
         return BankRecords.empty(d, dtype, embed.device)
     return BankRecords.cat(parts)
+
+
+_ONE_HOT_MAX_CLASSES = 32  # up to here a one-hot matmul beats scatter_add (measured on CPU)
+
+
+def _class_sums(keys: Tensor, column: Tensor, num_classes: int) -> Tensor:
+    """Per-image sums of ``keys (B, D, P)`` over pixels by ``column (B, P)`` in ``0..num_classes``
+    (the last column collects ignore pixels): ``(B, D, num_classes + 1)``."""
+    b, d, p = keys.shape
+    if num_classes + 1 <= _ONE_HOT_MAX_CLASSES:
+        one_hot = keys.new_zeros((b, p, num_classes + 1))
+        one_hot.scatter_(2, column[:, :, None], 1.0)
+        return torch.bmm(keys, one_hot)
+    sums = keys.new_zeros((b, d, num_classes + 1))
+    return sums.scatter_add_(2, column[:, None, :].expand(b, d, p), keys)
 
 
 class MemoryBank:

@@ -9,6 +9,7 @@ metrics with a checkpoint (rank 0 writes it) to Ray Train, which keeps the best 
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import tempfile
@@ -98,6 +99,19 @@ def _inject_faults(cfg: ExperimentConfig, run_dir: str, iteration: int, rank: in
         ray.kill(sync.actor, no_restart=False)
 
 
+def _has_unused_parameters(model: torch.nn.Module) -> bool:
+    """Whether some trainable parameter gets no gradient (e.g. an HRNet branch no head reads).
+
+    DDP must then be told (``find_unused_parameters``), which costs a graph traversal per step, so
+    it is only enabled when a tiny probe forward/backward shows it is needed.
+    """
+    probe_model = copy.deepcopy(model)  # the probe must not touch BatchNorm statistics or grads
+    probe = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = probe_model(probe)
+    sum(t.float().sum() for t in out.values()).backward()
+    return any(p.requires_grad and p.grad is None for p in probe_model.parameters())
+
+
 def _write_worker_info(run_dir: str, rank: int, world: int) -> None:
     """``<run dir>/workers/rank-<r>.json``: pid and node of each worker (for operators and tests)."""
     import json
@@ -137,7 +151,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model = build_segmentor(cfg.model, num_classes, projection=use_contrast)
     if cfg.train.sync_bn:
         model = convert_sync_batchnorm(model)
-    model = ray.train.torch.prepare_model(model)
+    ddp_kwargs = {"find_unused_parameters": world > 1 and _has_unused_parameters(model)}
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
     core = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.SGD(
         core.parameters(),

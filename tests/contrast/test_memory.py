@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raycontrast.contrast import KINDS, BankRecords, MemoryBank, select_records
+from raycontrast.contrast import memory as memory_mod
 
 
 def _records(spec, dim, start_id):
@@ -107,7 +108,9 @@ def test_pixel_records_come_only_from_their_class(freq):
     assert 255 not in rec.cls.tolist()
 
 
-def test_region_record_is_the_normalised_class_mean_and_class_zero_counts():
+@pytest.mark.parametrize("one_hot_max", [0, 32])  # scatter_add path and one-hot matmul path
+def test_region_record_is_the_normalised_class_mean_and_class_zero_counts(monkeypatch, one_hot_max):
+    monkeypatch.setattr(memory_mod, "_ONE_HOT_MAX_CLASSES", one_hot_max)
     embed, labels = _scene()
     rec = select_records(embed, labels, num_classes=3, kinds=["region"])
     assert rec.cls.tolist() == [0, 1, 2, 0, 1]  # (image, class) order; ignore never enters

@@ -19,6 +19,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 _TEMP_DIR = f"/tmp/rct{os.getpid()}"  # Ray's socket paths must stay short
 
 
+def pytest_collection_modifyitems(config, items):
+    """Run the tests that replace the shared Ray instance (``own_ray``) last: restarting it costs
+    seconds, and the tests after them would otherwise start it again."""
+    items.sort(key=lambda item: item.get_closest_marker("own_ray") is not None)
+
+
 @pytest.fixture(scope="session")
 def _ray_session_owner():
     """Shuts down, at the end of the session, the instance ``ray_session`` started."""

@@ -214,8 +214,13 @@ def create_bank_actor(
     world_size: int,
     snapshot_uri: str | None,
     snapshot_every: int = 0,
+    wait: bool = True,
 ) -> ray.actor.ActorHandle:
-    """Start (or replace) the run's named bank actor; it uses no CPU slot (``num_cpus=0``)."""
+    """Start (or replace) the run's named bank actor; it uses no CPU slot (``num_cpus=0``).
+
+    With ``wait=False`` this returns as soon as the name is registered: calls queue until the actor
+    is up, so the launcher lets the actor start while Ray Train starts its workers.
+    """
     name = bank_actor_name(run_name)
     try:
         ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
@@ -229,5 +234,6 @@ def create_bank_actor(
     handle = actor_cls.options(name=name, namespace=NAMESPACE, max_concurrency=1000).remote(
         spec, world_size, snapshot_uri, snapshot_every
     )
-    ray.get(handle.ping.remote())
+    if wait:
+        ray.get(handle.ping.remote())
     return handle

@@ -208,6 +208,15 @@ def _describe(arch: dict[str, Any], keys: list[str]) -> str:
     return ", ".join(parts)
 
 
+def _stored_config(state: Mapping[str, Any], source: str) -> ExperimentConfig:
+    try:
+        return config_from_dict(ExperimentConfig, state["config"], source=f"checkpoint {source}")
+    except ConfigError as err:
+        raise CheckpointError(
+            f"the config stored in checkpoint {source} is not valid: {err}"
+        ) from err
+
+
 def check_compatible(
     state: Mapping[str, Any],
     expect: ExperimentConfig | None = None,
@@ -216,12 +225,7 @@ def check_compatible(
 ) -> None:
     """Raise :class:`CheckpointError` when a loaded checkpoint's architecture or class count differs
     from ``expect`` / ``num_classes``, naming both (e.g. resuming a run name with another model)."""
-    try:
-        cfg = config_from_dict(ExperimentConfig, state["config"], source=f"checkpoint {source}")
-    except ConfigError as err:
-        raise CheckpointError(
-            f"the config stored in checkpoint {source} is not valid: {err}"
-        ) from err
+    cfg = _stored_config(state, source)
     k_ckpt = int(state["num_classes"])
     # runs without pixel contrast (contrast.enabled=false) train and save no projection head
     projection = any(k.startswith("proj_head.") for k in _strip_wrappers(state["model"]))
@@ -275,12 +279,7 @@ def load_segmentor(
     """
     state = load_checkpoint(path)
     source = str(checkpoint_file(path))
-    try:
-        cfg = config_from_dict(ExperimentConfig, state["config"], source=f"checkpoint {source}")
-    except ConfigError as err:
-        raise CheckpointError(
-            f"the config stored in checkpoint {source} is not valid: {err}"
-        ) from err
+    cfg = _stored_config(state, source)
     check_compatible(state, expect, num_classes, source)
     k_ckpt = int(state["num_classes"])
     weights = _strip_wrappers(state["model"])

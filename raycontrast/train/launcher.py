@@ -67,24 +67,36 @@ def check_storage(storage_path: str) -> None:
 
 def check_resume(cfg: ExperimentConfig, run_dir: str) -> None:
     """A rerun resumes the run's latest checkpoint: refuse, before any worker starts, when that
-    checkpoint holds another architecture or class count (local and NFS run dirs)."""
+    checkpoint holds another architecture or class count (local and NFS run dirs).
+
+    The checkpoint is the one Ray Train registered in ``checkpoint_manager_snapshot.json``, which is
+    what it resumes from: a newer directory may hold a checkpoint cut short by an interrupt.
+    """
     if storage.is_uri(run_dir):
         return  # checked by the workers when they load it
-    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
-    candidates = sorted(
-        Path(run_dir).glob("checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime
-    )
-    if not snapshot.exists() or not candidates:
+    latest = registered_checkpoint(run_dir)
+    if latest is None:
         return
     from raycontrast.models import check_compatible, load_checkpoint
 
-    state = load_checkpoint(candidates[-1])
+    state = load_checkpoint(latest)
     check_compatible(
         state,
         cfg,
         dataset_info(cfg.data).num_classes,
-        f"{candidates[-1].parent} (rerunning {cfg.name!r} resumes it; choose another name for a new run)",
+        f"{latest} (rerunning {cfg.name!r} resumes it; choose another name for a new run)",
     )
+
+
+def registered_checkpoint(run_dir: str) -> Path | None:
+    """The latest checkpoint directory Ray Train registered for the run in ``run_dir``, if any."""
+    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+        path = Path(run_dir) / latest["checkpoint_dir_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # nothing registered (yet): nothing to resume
+    return path if (path / "state.pt").exists() else None
 
 
 def run_dir_of(cfg: ExperimentConfig) -> str:
@@ -145,6 +157,7 @@ def run_training(
             world_size=max(cfg.train.num_workers, 1),
             snapshot_uri=storage.join(run_dir, "bank", "snapshot.pt"),
             snapshot_every=cfg.bank.snapshot_every,
+            wait=False,
         )
 
     datasets = {}

@@ -8,8 +8,9 @@ while training) records at every report each rank's bank checks, the node of the
 worker: ``ray.util.placement_group_table()``, read from the GCS). The run's actor and placement group are
 gone once ``run_training`` returns, so placement is observed during the run.
 
-One Ray instance per process: the test shuts down the session's instance first (``ray_session`` starts
-it again for the tests that follow) and shuts its own cluster down afterwards.
+One Ray instance per process: the test shuts down the session's instance first (marked ``own_ray``, it
+runs after every other test; ``ray_session`` would start the instance again) and shuts its own cluster
+down afterwards.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from raycontrast.config import load_config
 from raycontrast.train import run_training
 from tests.train.conftest import TINY
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.own_ray]
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_TIMEOUT_S = 240  # ~30-60 s on 2 cores

@@ -156,7 +156,7 @@ def test_decode_batch_matches_reader(tmp_path):
 
 
 @pytest.mark.ray
-def test_read_parquet_ray_round_trip(tmp_path, ray_instance):
+def test_read_parquet_ray_round_trip(tmp_path, ray_session):
     make_cityscapes(tmp_path / "cs", "val")
     out = tmp_path / "shards"
     convert_dataset("cityscapes", str(tmp_path / "cs"), "val", str(out), rows_per_shard=2)

@@ -97,3 +97,38 @@ def test_logger_drops_rows_past_the_resume_point(tmp_path):
     RunLogger(str(tmp_path), "x", 2, 10, ["a", "b"]).close()
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 3  # header + iterations 1, 2
     assert "IoU/b" in (tmp_path / "val.csv").read_text()
+
+
+def test_resume_check_reads_the_registered_checkpoint_not_a_newer_partial_one(tmp_path):
+    import json
+
+    from raycontrast.config import config_to_dict
+    from raycontrast.models import CheckpointError, save_checkpoint
+    from raycontrast.train.launcher import check_resume
+
+    cfg = load_config("experiments/synthetic.yaml", TINY)
+    run_dir = tmp_path / "run"
+    state = {
+        "config": config_to_dict(cfg),
+        "num_classes": 7,
+        "model": build_segmentor(cfg.model, 7).state_dict(),
+    }
+    save_checkpoint(run_dir / "checkpoint_a", state)
+    partial = run_dir / "checkpoint_b"  # written later, cut short by an interrupt, not registered
+    partial.mkdir()
+    (partial / "state.pt").write_bytes(b"truncated")
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    snapshot.write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_b"}})
+    )
+    with pytest.raises(CheckpointError, match="checkpoint_b"):  # the registered one is read
+        check_resume(cfg, str(run_dir))
+    snapshot.write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_a"}})
+    )
+    check_resume(cfg, str(run_dir))  # compatible: resumes
+    other = load_config("experiments/synthetic.yaml", [*TINY, "model.backbone=resnet34"])
+    with pytest.raises(CheckpointError, match=r"checkpoint_a.*backbone 'resnet18'"):
+        check_resume(other, str(run_dir))
+    snapshot.write_text(json.dumps({"latest_checkpoint_result": None}))
+    check_resume(other, str(run_dir))  # nothing registered yet: nothing to resume

@@ -4,7 +4,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import pandas as pd
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from raycontrast.config import load_config
 from raycontrast.train import run_training
 from raycontrast.tune import run_sweep
-from tests.train.conftest import logged_iterations
+from tests.train.conftest import logged_iterations, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -20,14 +20,17 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_sweep_survives_a_failing_trial_and_an_interrupted_driver(
     ray_session, write_sweep, tmp_path
 ):
-    # The first trial's Train run dies at iteration 3 (train.max_failures=0), so Tune retries the
-    # trial, which resumes from its own checkpoint. The sweep's driver is interrupted after the first
-    # trial and `--resume` finishes the sweep.
+    # Both trials run at once. One trial's Train run dies at iteration 3 (train.max_failures=0), so
+    # Tune retries the trial, which resumes from its own checkpoint. The sweep's driver is interrupted
+    # when the other trial has finished (the retried one is still running: it needs a second start)
+    # and `--resume` finishes the sweep.
     path = write_sweep(
         "two",
         {"debug.fail_at_iteration": {"grid": [3, -1]}},
         "train.max_failures=0",
+        "train.cpus_per_worker=0.5",  # two trials of 0.25 + 0.5 CPUs fit on 2 cores
         max_failures=1,
+        max_concurrent_trials=2,
     )
     env = dict(
         os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS=ray_session.get_runtime_context().gcs_address
@@ -37,17 +40,28 @@ def test_sweep_survives_a_failing_trial_and_an_interrupted_driver(
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 300
-        while not any(root.glob("runs/*/summary.json")) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert any(root.glob("runs/*/summary.json")), "no trial finished"
+        # interrupt once Tune has recorded a trial as completed (not merely its run as finished:
+        # a trial whose function has not returned yet reruns on resume, which costs a Train start)
+        wait_for(lambda: any(" completed after " in line for line in lines), 300, "a trial")
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=180)
+        proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert len(list(root.glob("runs/*/summary.json"))) == 1, out[-3000:]
+    reader.join(timeout=10)
+    out = "".join(lines)
+    finished = [p.parent for p in root.glob("runs/*/summary.json")]
+    assert len(finished) == 1, out[-3000:]
+    assert not (finished[0] / "debug" / "worker_failed_at_3").exists()  # the retried one is left
 
     resumed = subprocess.run(
         [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600

@@ -74,7 +74,7 @@ def check_resume(cfg: ExperimentConfig, run_dir: str) -> None:
     """
     if storage.is_uri(run_dir):
         return  # checked by the workers when they load it
-    latest = registered_checkpoint(run_dir)
+    latest = _registered_checkpoint(run_dir)
     if latest is None:
         return
     from raycontrast.models import check_compatible, load_checkpoint
@@ -88,7 +88,7 @@ def check_resume(cfg: ExperimentConfig, run_dir: str) -> None:
     )
 
 
-def registered_checkpoint(run_dir: str) -> Path | None:
+def _registered_checkpoint(run_dir: str) -> Path | None:
     """The latest checkpoint directory Ray Train registered for the run in ``run_dir``, if any."""
     snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
     try:

@@ -225,10 +225,30 @@ def check_compatible(
 ) -> None:
     """Raise :class:`CheckpointError` when a loaded checkpoint's architecture or class count differs
     from ``expect`` / ``num_classes``, naming both (e.g. resuming a run name with another model)."""
-    cfg = _stored_config(state, source)
-    k_ckpt = int(state["num_classes"])
+    _check_arch(
+        _stored_config(state, source),
+        int(state["num_classes"]),
+        _has_projection(_strip_wrappers(state["model"])),
+        expect,
+        num_classes,
+        source,
+    )
+
+
+def _has_projection(weights: Mapping[str, Any]) -> bool:
     # runs without pixel contrast (contrast.enabled=false) train and save no projection head
-    projection = any(k.startswith("proj_head.") for k in _strip_wrappers(state["model"]))
+    return any(k.startswith("proj_head.") for k in weights)
+
+
+def _check_arch(
+    cfg: ExperimentConfig,
+    k_ckpt: int,
+    projection: bool,
+    expect: ExperimentConfig | None,
+    num_classes: int | None,
+    source: str,
+) -> None:
+    """:func:`check_compatible` on a checkpoint's already parsed config, class count and heads."""
     have = _arch(cfg, k_ckpt)
     if not projection:
         have = {k: v for k, v in have.items() if not k.startswith("proj_")}
@@ -280,10 +300,10 @@ def load_segmentor(
     state = load_checkpoint(path)
     source = str(checkpoint_file(path))
     cfg = _stored_config(state, source)
-    check_compatible(state, expect, num_classes, source)
     k_ckpt = int(state["num_classes"])
     weights = _strip_wrappers(state["model"])
-    projection = any(k.startswith("proj_head.") for k in weights)
+    projection = _has_projection(weights)
+    _check_arch(cfg, k_ckpt, projection, expect, num_classes, source)
     seg = build_segmentor(dataclasses.replace(cfg.model, pretrained=False), k_ckpt, projection)
     seg.cfg = cfg.model
     load_state_dict_strict(seg, weights, f"checkpoint {source}")

@@ -2,15 +2,15 @@
 
 One dataclass per concern (model, data, contrast, bank, optim, train, eval, debug), composed into
 :class:`ExperimentConfig`. Every field carries its documentation, its allowed choices and its range in
-``dataclasses.field(metadata=...)`` (see :func:`param`), so validation and the CLI's ``--help-config`` are
-derived from one place.
+``dataclasses.field(metadata=...)`` (see :func:`param`), so validation and ``raycontrast config
+--keys`` are derived from one place.
 
 YAML files may inherit with ``_base_: other.yaml`` (a path relative to the file, or a list of paths; later
 bases and the file itself win). Command-line overrides are dotted ``key=value`` pairs whose values are
 parsed as YAML (``contrast.loss_weight=0.5``, ``data.crop_size=[256,256]``).
 
 Example:
-    >>> cfg = load_config("experiments/synthetic.yaml", ["train.iterations=20"])
+    >>> cfg = load_config(default_experiment(), ["train.iterations=20"])
     >>> cfg.train.iterations
     20
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -40,16 +41,28 @@ __all__ = [
     "OptimConfig",
     "SyntheticConfig",
     "TrainConfig",
+    "coerce_key",
     "config_from_dict",
     "config_keys",
     "config_to_dict",
+    "config_warnings",
+    "default_experiment",
     "describe_config",
+    "did_you_mean",
     "load_config",
     "parse_overrides",
+    "read_yaml_mapping",
     "save_config",
 ]
 
-DEFAULT_EXPERIMENT = "experiments/synthetic.yaml"
+
+def default_experiment() -> Path:
+    """The embedded default experiment (package data): what ``raycontrast train`` runs without CONFIG,
+    wherever it is started from. The repository's ``experiments/synthetic.yaml`` inherits it."""
+    return Path(__file__).resolve().parent / "experiments" / "synthetic.yaml"
+
+
+DEFAULT_EXPERIMENT = str(default_experiment())
 
 
 class ConfigError(ValueError):
@@ -356,6 +369,19 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         )
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
         raise ConfigError("data.mean and data.std must hold 3 values (RGB), std > 0")
+    for key, values in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
+        if max(values) > 1.0:  # mmsegmentation's 123.675 ... pasted as is
+            scaled = [round(v / 255, 4) for v in values]
+            raise ConfigError(
+                f"{key}={values} is on the 0-255 scale, but images are normalised on the 0-1 scale: "
+                f"use {key}={scaled}"
+            )
+    if cfg.contrast.enabled and not cfg.contrast.inbatch and cfg.contrast.memory == "none":
+        raise ConfigError(
+            "contrast.enabled=true with contrast.inbatch=false and contrast.memory=none has no "
+            "contrast term: set contrast.inbatch=true or contrast.memory=pixel|region|both, or "
+            "contrast.enabled=false for cross-entropy only"
+        )
     if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
         raise ConfigError(f"eval.scales must be positive factors, got {cfg.eval.scales!r}")
     if cfg.data.ingest == "ray_data" and cfg.data.source != "parquet":
@@ -382,6 +408,18 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError("bank.overlap=true applies to bank.mode=actor only")
 
 
+def config_warnings(cfg: ExperimentConfig) -> list[str]:
+    """Settings that are valid but probably not what was meant (printed before a run starts)."""
+    out = []
+    if cfg.contrast.enabled and cfg.contrast.warmup_iters >= cfg.train.iterations:
+        out.append(
+            f"contrast.warmup_iters={cfg.contrast.warmup_iters} >= train.iterations="
+            f"{cfg.train.iterations}: the contrast loss never applies in this run (lower "
+            "contrast.warmup_iters, or set contrast.enabled=false)"
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------- dict <-> dataclass
 
 
@@ -390,9 +428,20 @@ def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
-def _suggest(key: str, options: Iterable[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.5)
+def did_you_mean(word: str, options: Iterable[str], prefix: str = "", cutoff: float = 0.5) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for the options closest to ``word`` (``""`` if none is close);
+    ``prefix`` is prepended to the shown options (the dotted section of a key)."""
+    close = difflib.get_close_matches(str(word), list(options), n=3, cutoff=cutoff)
     return f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+
+
+def _unknown_key(cls: type, key: Any, prefix: str, where: str) -> ConfigError:
+    """The error for a key ``cls`` does not have: its own fields suggested first, else any key of the
+    experiment (a key put in the wrong section)."""
+    suggestion = did_you_mean(key, _fields(cls), prefix) or did_you_mean(
+        prefix + str(key), _all_keys(ExperimentConfig)
+    )
+    return ConfigError(f"unknown config key {prefix + str(key)!r}{where}{suggestion}")
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -410,6 +459,31 @@ def config_keys(cls: type | None = None) -> list[str]:
     return [k for k in keys if not any(o.startswith(k + ".") for o in keys)]
 
 
+def coerce_key(key: str, value: Any, cls: type | None = None) -> Any:
+    """``value`` as the type of the dotted config key ``key`` (``coerce_key("optim.lr", "1e-4")`` is
+    ``0.0001``), for values that reach a config outside YAML files (sweeps, studies).
+
+    Raises:
+        ConfigError: unknown key (with suggestions), or a value of the wrong type.
+    """
+    cls = cls or ExperimentConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = _fields(cls)
+        prefix = ".".join(parts[:i]) + ("." if i else "")
+        if part not in fields:
+            raise _unknown_key(cls, part, prefix, "")
+        _, tp = fields[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                raise ConfigError(f"{key} is a section, not a config key")
+            return _coerce(value, tp, key)
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])} is a config key, not a section")
+        cls = tp
+    raise ConfigError(f"empty config key {key!r}")
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -419,13 +493,28 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+class _NotFinite(ConfigError):
+    """A float field given inf or nan (reported as such, not as a type mismatch)."""
+
+
+def _number(text: str) -> float | str:
+    """``"1e-4"`` -> 0.0001; text that is not a number is returned unchanged."""
+    try:
+        return float(text.strip())
+    except ValueError:
+        return text
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return ``value`` as type ``tp`` or raise ConfigError; ints are accepted as floats, nothing else."""
+    """Return ``value`` as type ``tp`` or raise ConfigError. Floats also accept ints and numeric strings
+    (``"1e-4"``, which YAML 1.1 reads as text) and refuse inf / nan; nothing else is converted."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, key)
+            except _NotFinite:
+                raise
             except ConfigError:
                 continue
         raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
@@ -444,7 +533,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+            value = _number(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise _NotFinite(f"{key}={value!r} is not a finite number")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -487,11 +580,7 @@ def config_from_dict(
     where = f" (in {source})" if source else ""
     unknown = [k for k in data if k not in fields]
     if unknown:
-        key = str(unknown[0])
-        suggestion = _suggest(key, fields, prefix) or _suggest(
-            prefix + key, _all_keys(ExperimentConfig)
-        )
-        raise ConfigError(f"unknown config key {prefix + str(key)!r}{where}{suggestion}")
+        raise _unknown_key(cls, unknown[0], prefix, where)
     kwargs = {}
     for name, (f, tp) in fields.items():
         if name not in data:
@@ -533,20 +622,33 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping (``yaml.safe_load``; an empty file is ``{}``).
+
+    Raises:
+        ConfigError: the file is missing or a directory, is not valid YAML, or is not a mapping;
+            ``what`` names the kind of file in the message ("config file not found: ...").
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        kind = "a directory, not a file" if path.is_dir() else "not found"
+        raise ConfigError(f"{what} file {kind}: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what} keys at the top level")
+    return data
+
+
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read one YAML file and its ``_base_`` chain, each file's keys checked against the schema."""
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
         raise ConfigError(f"_base_ cycle: {cycle}")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    data = read_yaml_mapping(path, "config")
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
@@ -563,10 +665,7 @@ def _check_keys(cls: type, data: Mapping[str, Any], prefix: str, source: str) ->
     fields = _fields(cls)
     for key, value in data.items():
         if key not in fields:
-            suggestion = _suggest(str(key), fields, prefix) or _suggest(
-                prefix + str(key), _all_keys(ExperimentConfig)
-            )
-            raise ConfigError(f"unknown config key {prefix + str(key)!r} (in {source}){suggestion}")
+            raise _unknown_key(cls, key, prefix, f" (in {source})")
         tp = fields[key][1]
         if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
             _check_keys(tp, value, f"{prefix}{key}.", source)
@@ -620,7 +719,7 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
 def describe_config(
     cls: type = ExperimentConfig, prefix: str = ""
 ) -> list[tuple[str, str, str, str]]:
-    """Rows of (key, type, default, help) for every leaf field, for ``--help-config``."""
+    """Rows of (key, type, default, help) for every leaf field, for ``raycontrast config --keys``."""
     rows = []
     instance = cls()
     for name, (f, tp) in _fields(cls).items():

@@ -30,10 +30,13 @@ from raycontrast import storage
 from raycontrast.config import (
     ConfigError,
     ExperimentConfig,
+    coerce_key,
     config_from_dict,
     config_keys,
+    did_you_mean,
     load_config,
     param,
+    read_yaml_mapping,
 )
 
 __all__ = ["SPACE_KINDS", "SchedulerConfig", "Sweep", "SweepConfig", "load_sweep"]
@@ -138,10 +141,7 @@ def _check_space(space: Any, source: str) -> dict[str, dict[str, list[Any]]]:
     for key, spec in space.items():
         where = f"{source}: search_space.{key}"
         if key not in leaves:
-            import difflib
-
-            close = difflib.get_close_matches(str(key), sorted(leaves), n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(key, sorted(leaves))
             raise ConfigError(f"{where}: {key!r} is not a config key{hint}")
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
             raise ConfigError(
@@ -150,6 +150,9 @@ def _check_space(space: Any, source: str) -> dict[str, dict[str, list[Any]]]:
         ((kind, values),) = spec.items()
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.{kind}: expected a non-empty list, got {values!r}")
+        # typed as the key's field: [1e-4, 1e-1] arrives from YAML 1.1 as text
+        values = [_typed(key, v, f"{where}.{kind}") for v in values]
+        space[key] = {kind: values}
         if kind in ("uniform", "loguniform", "randint"):
             numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
             if len(values) != 2 or not numeric or not values[0] < values[1]:
@@ -163,6 +166,17 @@ def _check_space(space: Any, source: str) -> dict[str, dict[str, list[Any]]]:
     return space
 
 
+def _typed(key: str, value: Any, where: str) -> Any:
+    """``value`` converted to the type of config key ``key`` (numeric strings of float keys become
+    floats); a value of the wrong type is left for the trial-config probe to report."""
+    try:
+        return coerce_key(key, value)
+    except ConfigError as err:
+        if "finite" in str(err):
+            raise ConfigError(f"{where}: {err}") from None
+        return value
+
+
 def _probe_values(kind: str, values: list[Any]) -> list[Any]:
     """Values whose validity implies the whole domain's (for ranges: the endpoints)."""
     if kind == "randint":
@@ -174,15 +188,8 @@ def _probe_values(kind: str, values: list[Any]) -> list[Any]:
 
 def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
     """Read and validate a sweep file; every searched value is checked against the config schema."""
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    path = Path(path).expanduser().resolve()
+    raw = read_yaml_mapping(path, "sweep")
     space = raw.pop("search_space", None)
     # `name=` / `storage_path=` on the command line name the sweep itself (its trials derive theirs)
     extra_overrides = list(extra_overrides)

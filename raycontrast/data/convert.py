@@ -52,6 +52,11 @@ def convert_dataset(
     mapped train ids (uint8, 255 = ignore). Converting another split into the same ``out`` merges
     its entry into the manifest; re-converting a split replaces its shards.
 
+    Nothing that this function did not write is deleted or overwritten: ``out`` may not be (or be
+    inside, or contain) ``root``, nor an existing file, and an existing ``out/<split>`` is replaced only
+    when it is a shard set of the same dataset listed in ``out/manifest.json``. Shards are written to a
+    temporary sibling folder that replaces the old set only once complete.
+
     Args:
         dataset: ``data.dataset`` value (synthetic, cityscapes, ade20k, voc, folder).
         root: dataset root folder (ignored for synthetic).
@@ -68,19 +73,24 @@ def convert_dataset(
         PosixPath('/tmp/shards/val')
     """
     if rows_per_shard < 1:
-        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+        raise ConfigError(f"--rows-per-shard must be >= 1, got {rows_per_shard}")
+    if not split or Path(split).name != split or split.startswith("."):
+        raise ConfigError(f"--split must be a plain split name (e.g. train), got {split!r}")
     bad = [o for o in overrides if not o.strip().startswith("data.")]
     if bad:
         raise ConfigError(f"convert overrides must be data.* keys, got {bad[0]!r}")
     items = [f"data.dataset={dataset}", *([f"data.root={root}"] if root else []), *overrides]
     cfg = load_config(None, [*items, "data.source=files", "data.ingest=torch"]).data
+    out_dir = Path(out).expanduser()
+    _check_out(out_dir, cfg.root if cfg.dataset != "synthetic" else "")
     info = dataset_info(cfg)
     source = build_source(cfg, split)
     skip = cfg.on_bad_sample == "skip"
 
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _load_or_new_manifest(out_dir, info, cfg.dataset)
+    split_dir = out_dir / split
+    _check_replaceable(split_dir, manifest)
+    out_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_dir / f".{split}.tmp-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir()
@@ -128,9 +138,7 @@ def convert_dataset(
         flush()
         if written == 0:
             raise DatasetError(f"{info.name} split {split!r}: no valid samples to convert")
-        split_dir = out_dir / split
-        shutil.rmtree(split_dir, ignore_errors=True)
-        tmp_dir.rename(split_dir)
+        _swap_in(tmp_dir, split_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -142,9 +150,74 @@ def convert_dataset(
         "source_root": str(Path(cfg.root).resolve()) if cfg.root else "",
     }
     path = out_dir / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp_manifest = out_dir / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
+    tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp_manifest, path)
     print(f"[convert] wrote {written} rows of {split!r} to {split_dir} ({len(skipped)} skipped)")
     return split_dir
+
+
+def _check_out(out_dir: Path, root: str) -> None:
+    """Refuse an output folder that would overwrite the source dataset or an existing file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is an existing file; pass a folder for the shards")
+    if not root:
+        return
+    src, dst = Path(root).expanduser().resolve(), out_dir.resolve()
+    if src == dst or src in dst.parents or dst in src.parents:
+        relation = "is" if src == dst else ("is inside" if src in dst.parents else "contains")
+        raise ConfigError(
+            f"--out {out_dir} {relation} the dataset root --root {root}: converting there could "
+            "overwrite the source files. Write the shards to a folder outside the dataset, e.g. "
+            f"--out {src.parent / (src.name + '-parquet')}"
+        )
+
+
+def _is_shard_file(path: Path) -> bool:
+    return path.is_file() and path.name.startswith("part-") and path.suffix == ".parquet"
+
+
+def _check_replaceable(split_dir: Path, manifest: dict[str, Any]) -> None:
+    """An existing ``out/<split>`` is replaced only when it is this dataset's shard set: listed in the
+    (already checked) manifest and holding nothing but ``part-*.parquet`` files."""
+    if not split_dir.exists() and not split_dir.is_symlink():
+        return
+    if split_dir.is_symlink() or not split_dir.is_dir():
+        raise ConfigError(
+            f"{split_dir} exists and is not a shard folder written by raycontrast convert; "
+            "convert into another --out folder"
+        )
+    entries = sorted(split_dir.iterdir())
+    if not entries:
+        return
+    foreign = [p for p in entries if not _is_shard_file(p)]
+    if split_dir.name not in manifest.get("splits", {}) or foreign:
+        why = (
+            f"it holds {foreign[0].name!r}, which raycontrast convert did not write"
+            if foreign
+            else f"{split_dir.parent / MANIFEST_NAME} does not list split {split_dir.name!r}"
+        )
+        raise ConfigError(
+            f"{split_dir} already exists and is not a Parquet shard set of this dataset ({why}); "
+            "nothing was changed. Convert into another --out folder"
+        )
+
+
+def _swap_in(tmp_dir: Path, split_dir: Path) -> None:
+    """Replace ``split_dir`` by the complete ``tmp_dir``; the old set is kept until the new one is in
+    place (and put back if that fails)."""
+    old = split_dir.with_name(f".{split_dir.name}.old-{os.getpid()}")
+    had_old = split_dir.exists()
+    if had_old:
+        split_dir.rename(old)
+    try:
+        tmp_dir.rename(split_dir)
+    except BaseException:
+        if had_old:
+            old.rename(split_dir)
+        raise
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_or_new_manifest(out_dir: Path, info: Any, dataset: str) -> dict[str, Any]:

@@ -188,6 +188,8 @@ class MemoryBank:
         self.ptr = torch.zeros((nk, num_classes), dtype=torch.long, device=device)
         self.count = torch.zeros((nk, num_classes), dtype=torch.long, device=device)
         self.writes = 0
+        # the write (one per training step) that filled each slot: entry ages; -1 = unknown
+        self.written = torch.full((nk, num_classes, size), -1, dtype=torch.long, device=device)
         # global kind id -> local queue index (-1 when not held)
         self._local = torch.tensor([self.kinds.index(k) if k in self.kinds else -1 for k in KINDS])
 
@@ -202,6 +204,7 @@ class MemoryBank:
         """Empty every queue (filled counts and pointers to 0); old vectors are never read again."""
         self.ptr.zero_()
         self.count.zero_()
+        self.written.fill_(-1)
 
     def write(self, records: BankRecords) -> None:
         """Append records in order to their (kind, class) queue, replacing the oldest entries when full."""
@@ -231,6 +234,7 @@ class MemoryBank:
         slot = (ptr[q] + rank) % self.size
         flat = self.data.view(nq, self.size, self.dim)
         flat[q[keep], slot[keep]] = records.vec.to(self.device, self.dtype)[order[keep]]
+        self.written.view(nq, self.size)[q[keep], slot[keep]] = self.writes
         ptr.copy_((ptr + counts) % self.size)
         cnt = self.count.view(-1)
         cnt.copy_(torch.clamp(cnt + counts, max=self.size))
@@ -278,6 +282,7 @@ class MemoryBank:
             "ptr": self.ptr,
             "count": self.count,
             "writes": self.writes,
+            "written": self.written,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -293,18 +298,27 @@ class MemoryBank:
         self.ptr.copy_(state["ptr"])
         self.count.copy_(state["count"])
         self.writes = int(state["writes"])
+        written = state.get("written")
+        if written is None:  # saved before entry ages were kept: ages unknown
+            self.written.fill_(-1)
+        elif isinstance(written, Tensor):
+            self.written.copy_(written)
+        else:  # a numpy array (raycontrast.bank.wire)
+            self.written.copy_(torch.tensor(written, dtype=torch.long))
 
     def digest(self) -> str:
-        """SHA-1 of the queues, pointers and fill counts: equal digests mean bit-identical banks."""
+        """SHA-1 of the queues, pointers, fill counts and write steps: equal digests mean bit-identical
+        banks."""
         h = hashlib.sha1()
-        for t in (self.ptr, self.count, self.data):
+        for t in (self.ptr, self.count, self.data, self.written):
             h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
     def equal(self, other: MemoryBank) -> bool:
-        """Bit-identical queues, pointers and fill counts."""
+        """Bit-identical queues, pointers, fill counts and write steps."""
         return (
             torch.equal(self.ptr.cpu(), other.ptr.cpu())
             and torch.equal(self.count.cpu(), other.count.cpu())
             and torch.equal(self.data.cpu(), other.data.cpu())
+            and torch.equal(self.written.cpu(), other.written.cpu())
         )

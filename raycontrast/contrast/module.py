@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from raycontrast.config import ContrastConfig
+from raycontrast.contrast.health import memory_loss_stats
 from raycontrast.contrast.loss import (
     inbatch_contrast_loss,
     memory_contrast_loss_blocks,
@@ -15,6 +16,7 @@ from raycontrast.contrast.loss import (
 )
 from raycontrast.contrast.memory import MemoryBank
 from raycontrast.contrast.sampling import resize_labels, resize_predictions, sample_anchors
+from raycontrast.contrast.selection import MemorySampling
 
 __all__ = ["ContrastOutput", "PixelContrastLoss", "memory_kinds"]
 
@@ -31,13 +33,16 @@ class ContrastOutput:
     """The contrast loss (unweighted) and what the training step needs next.
 
     ``terms`` holds detached per-term values for logging; ``labels_small`` the labels at the embedding
-    resolution, for enqueueing into the bank after the step.
+    resolution, for enqueueing into the bank after the step; ``stats`` what the memory loss saw
+    (``bank/loss/*`` floats, see :func:`~raycontrast.contrast.health.memory_loss_stats`), only when
+    asked for and the memory term ran.
     """
 
     loss: Tensor
     labels_small: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
     num_anchors: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 class PixelContrastLoss(nn.Module):
@@ -58,6 +63,7 @@ class PixelContrastLoss(nn.Module):
         self.cfg = cfg
         self.ignore_index = ignore_index
         self.kinds = memory_kinds(cfg)
+        self.sampling = MemorySampling.from_config(cfg)
 
     def forward(
         self,
@@ -67,6 +73,7 @@ class PixelContrastLoss(nn.Module):
         iteration: int,
         bank: MemoryBank | None = None,
         generator: torch.Generator | None = None,
+        stats: bool = False,
     ) -> ContrastOutput:
         """Args:
         embed: ``(B, D, h, w)`` L2-normalised projection output.
@@ -75,6 +82,8 @@ class PixelContrastLoss(nn.Module):
         iteration: the current iteration (warm-up gating).
         bank: the memory bank whose filled entries are contrasted (required when memory is on).
         generator: random source for anchor and memory sampling.
+        stats: also measure what the memory term sees (costs one extra pass of up to 256 anchors over
+            the memory; draws no random numbers, so training is the same with or without it).
         """
         cfg = self.cfg
         size = tuple(embed.shape[-2:])
@@ -96,6 +105,7 @@ class PixelContrastLoss(nn.Module):
         zl = anchor_labels.repeat_interleave(anchors.shape[1]) if anchors.numel() else anchor_labels
         loss = zero_with_graph(embed)
         terms: dict[str, Tensor] = {}
+        seen: dict[str, float] = {}
         if cfg.inbatch:
             term = inbatch_contrast_loss(z.float(), zl, tau=cfg.tau, tau_base=cfg.tau_base)
             terms["inbatch"] = term.detach()
@@ -111,12 +121,11 @@ class PixelContrastLoss(nn.Module):
                 blocks,
                 tau=cfg.tau,
                 tau_base=cfg.tau_base,
-                sampling=cfg.memory_sampling,
-                k=cfg.k,
-                top_fraction=cfg.top_fraction,
-                hard_fraction=cfg.hard_fraction,
+                sampling=self.sampling,
                 generator=generator,
             )
             terms["memory"] = term.detach()
             loss = loss + term
-        return ContrastOutput(loss, labels_small, terms, num_anchors=int(z.shape[0]))
+            if stats:
+                seen = memory_loss_stats(z, zl, store, blocks)
+        return ContrastOutput(loss, labels_small, terms, num_anchors=int(z.shape[0]), stats=seen)

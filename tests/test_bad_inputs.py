@@ -8,9 +8,12 @@ Commands run in-process through :func:`raycontrast.cli.main` unless they need a 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from raycontrast.cli import main
 from tests.data.trees import make_folder
@@ -134,3 +137,82 @@ def test_convert_plain_errors(capsys, folder_dataset, tmp_path):
     code, msg = run_cli(capsys, *_convert(folder_dataset, target))
     assert code == 2 and f"--out {target} is an existing file" in msg
     assert target.read_bytes() == b"precious"
+
+
+# ----------------------------------------------------------------------------- eval / export / ckpt
+
+TINY_MODEL = [
+    "model.backbone=resnet18",
+    "model.head=fcn",
+    "model.head_channels=8",
+    "model.proj_dim=8",
+    "data.synthetic.image_size=[32,32]",
+    "data.synthetic.num_val=2",
+    "data.crop_size=[32,32]",
+    "data.loader_workers=0",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(config YAML, checkpoint directory) of an untrained tiny segmentor."""
+    from raycontrast.config import DEFAULT_EXPERIMENT, load_config, save_config
+    from raycontrast.data import dataset_info
+    from raycontrast.models import build_segmentor, save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = load_config(DEFAULT_EXPERIMENT, TINY_MODEL)
+    info = dataset_info(cfg.data)
+    torch.manual_seed(0)
+    seg = build_segmentor(cfg.model, info.num_classes)
+    state = {"config": cfg, "num_classes": info.num_classes, "class_names": list(info.class_names)}
+    save_checkpoint(tmp / "checkpoint_000001", {**state, "model": seg})
+    save_config(cfg, tmp / "cfg.yaml")
+    return tmp / "cfg.yaml", tmp / "checkpoint_000001"
+
+
+def test_eval_suffixless_checkpoint(capsys, trained, tmp_path, monkeypatch):
+    cfg, ckpt = trained
+    monkeypatch.chdir(tmp_path)
+    code, msg = run_cli(capsys, "eval", cfg, "best")
+    assert code == 2 and "checkpoint not found: best does not exist" in msg
+    assert "best/state.pt" not in msg
+    # a checkpoint file without a suffix is read as the file it is
+    (tmp_path / "best").write_bytes((ckpt / "state.pt").read_bytes())
+    code, msg = run_cli(capsys, "eval", cfg, "best", "--out", tmp_path / "e.json")
+    assert code == 0, msg
+    assert json.loads((tmp_path / "e.json").read_text())["num_images"] == 2
+
+
+def test_eval_out_directory_is_refused_before_evaluating(capsys, trained, tmp_path):
+    cfg, ckpt = trained
+    before = snapshot(tmp_path, ckpt)
+    code, msg = run_cli(capsys, "eval", cfg, ckpt, "--out", tmp_path)
+    assert code == 2 and f"--out {tmp_path} is a directory" in msg
+    assert "mIoU" not in msg  # nothing was evaluated
+    assert_kept(before, tmp_path, ckpt)
+
+
+def test_random_bytes_checkpoint(capsys, trained, tmp_path):
+    cfg, _ = trained
+    bad = tmp_path / "state.pt"
+    bad.write_bytes(os.urandom(4096))
+    before = snapshot(bad)
+    for argv in (["eval", cfg, bad], ["export", bad, "--out", tmp_path / "m.pt"]):
+        code, msg = run_cli(capsys, *argv)
+        assert code == 2 and f"cannot read checkpoint {bad}" in msg, msg
+        assert "not a file written by torch.save" in msg
+        assert "weights_only=False" not in msg and "weights_only` set to `False" not in msg
+    assert_kept(before, bad)
+
+
+def test_export_out_directory(capsys, trained, tmp_path):
+    _, ckpt = trained
+    (tmp_path / "models").mkdir()
+    for fmt, out in (("torchscript", "models"), ("exported-program", "models.pt2")):
+        if fmt == "exported-program":
+            (tmp_path / out).mkdir()
+        code, msg = run_cli(capsys, "export", ckpt, "--format", fmt, "--out", tmp_path / out)
+        assert code == 2 and f"--out {tmp_path / out} is a directory" in msg, msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "models.pt2"]
+    assert not any((tmp_path / "models").iterdir())

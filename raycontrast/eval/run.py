@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from raycontrast.config import EvalConfig, ExperimentConfig, config_to_dict
+from raycontrast.config import ConfigError, EvalConfig, ExperimentConfig, config_to_dict
 from raycontrast.eval.evaluate import evaluate
 from raycontrast.eval.report import format_table
 
@@ -69,13 +69,19 @@ def run_eval(cfg: ExperimentConfig, checkpoint: str, out: str | None = None) -> 
     from raycontrast.data import build_dataset, dataset_info
     from raycontrast.models import load_segmentor
 
+    split = cfg.data.val_split
+    path = Path(out).expanduser() if out else default_output(checkpoint, split)
+    if path.is_dir():  # checked before the (long) evaluation, not after it
+        raise ConfigError(
+            f"--out {path} is a directory; pass the JSON file to write, e.g. --out "
+            f"{path / f'eval_{split}.json'}"
+        )
     info = dataset_info(cfg.data)
     class_names = list(info.class_names)
     num_classes = int(info.num_classes)
     seg, ckpt_cfg = load_segmentor(checkpoint, expect=cfg, num_classes=num_classes)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seg.to(device)
-    split = cfg.data.val_split
     dataset = build_dataset(cfg.data, split, train=False)
     workers = cfg.data.loader_workers
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
@@ -87,6 +93,7 @@ def run_eval(cfg: ExperimentConfig, checkpoint: str, out: str | None = None) -> 
         ignore_index=cfg.data.ignore_index,
         eval_cfg=eval_cfg,
         device=device,
+        show_progress=None,
     )
     results = metrics.compute()
     title = (
@@ -106,7 +113,6 @@ def run_eval(cfg: ExperimentConfig, checkpoint: str, out: str | None = None) -> 
         "eval": config_to_dict(eval_cfg),
         "metrics": _json_safe(results),
     }
-    path = Path(out).expanduser() if out else default_output(checkpoint, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     record["output"] = str(path)
     path.write_text(json.dumps(record, indent=2) + "\n")

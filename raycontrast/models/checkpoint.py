@@ -6,7 +6,13 @@
      "config": config_to_dict(experiment_config),    # plain nested dict
      "num_classes": int, "class_names": list[str],
      "model": segmentor.state_dict(),                # projection head included, no "module." prefix
-     ...}                                            # training keys (optimizer, iteration, rng, bank)
+     # training checkpoints only (:func:`training_state` writes them, :func:`restore_training`
+     # reads them back):
+     "optimizer", "scheduler", "scaler": their state_dicts,
+     "iteration": int,                               # iterations done
+     "best": {"mIoU", "iteration", "metrics"}, "metrics": the last evaluation,
+     "rng": [per-rank RNG states],                   # index = world rank
+     "bank": MemoryBank.state_dict() or None}
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import Tensor, nn
 
 from raycontrast.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict
 from raycontrast.models.errors import CheckpointError
-from raycontrast.models.segmentor import Segmentor, build_segmentor
+from raycontrast.models.segmentor import Segmentor, build_segmentor, unwrap_model
 
 __all__ = [
     "ARCH_FIELDS",
@@ -35,8 +41,9 @@ __all__ = [
     "load_checkpoint",
     "load_segmentor",
     "load_state_dict_strict",
+    "restore_training",
     "save_checkpoint",
-    "unwrap_model",
+    "training_state",
 ]
 
 CHECKPOINT_FILE = "state.pt"
@@ -58,19 +65,10 @@ ARCH_FIELDS = (
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DDP (``.module``) / ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 def checkpoint_file(path: str | Path) -> Path:
-    """``path/state.pt`` for a directory, ``path`` itself for a file."""
+    """``path/state.pt`` for a directory, ``path`` itself otherwise (a file, with or without suffix)."""
     path = Path(path).expanduser()
-    return path / CHECKPOINT_FILE if path.is_dir() or not path.suffix else path
+    return path / CHECKPOINT_FILE if path.is_dir() else path
 
 
 def save_checkpoint(path_dir: str | Path, state: Mapping[str, Any]) -> Path:
@@ -127,14 +125,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     file = checkpoint_file(path)
     if not file.is_file():
-        where = f"{path} has no {CHECKPOINT_FILE}" if Path(path).is_dir() else f"{file} not found"
-        raise CheckpointError(f"checkpoint not found: {where}")
+        if Path(path).expanduser().is_dir():
+            where = f"directory {path} has no {CHECKPOINT_FILE}"
+        else:
+            where = f"{path} does not exist"
+        raise CheckpointError(
+            f"checkpoint not found: {where}; pass a checkpoint directory of a run "
+            f"(<run dir>/checkpoint_*/) or its {CHECKPOINT_FILE}"
+        )
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:
+        # torch's own message suggests weights_only=False, which would run code from the file
         raise CheckpointError(
-            f"cannot read checkpoint {file} with torch.load(weights_only=True): {err}"
-        ) from err
+            f"cannot read checkpoint {file}: {_load_failure(err)}; pass a checkpoint "
+            f"directory written by `raycontrast train` or its {CHECKPOINT_FILE}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{file} is not a raycontrast checkpoint (expected a dict with format={FORMAT!r}); "
@@ -150,6 +156,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"checkpoint {file} lacks key(s) {missing}")
     return state
+
+
+def _load_failure(err: BaseException) -> str:
+    """The gist of a ``torch.load`` failure, without torch's advice to disable ``weights_only``."""
+    import re
+
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds a Python object ({found.group(1)}), which is never loaded, for safety"
+    if "Unsupported operand" in text or "invalid load key" in text:
+        return "not a file written by torch.save"
+    if "zip archive" in text or "central directory" in text:
+        return "a corrupt or truncated torch.save file"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    if "weights_only" in first:
+        return "torch.load(weights_only=True) cannot read it"
+    return f"{type(err).__name__}: {first[:200]}"
 
 
 def _strip_wrappers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -308,3 +332,64 @@ def load_segmentor(
     seg.cfg = cfg.model
     load_state_dict_strict(seg, weights, f"checkpoint {source}")
     return seg.eval(), cfg
+
+
+def training_state(
+    cfg: ExperimentConfig,
+    class_names: list[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    iteration: int,
+    best: dict[str, Any],
+    metrics: dict[str, Any],
+    rng: list[dict[str, Any]],
+    bank: Any = None,
+) -> dict[str, Any]:
+    """The checkpoint dict of a training run (the module docstring's schema)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config_to_dict(cfg),
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "iteration": int(iteration),
+        "best": best,
+        "metrics": metrics,
+        "rng": rng,
+        "bank": bank.state_dict() if bank is not None else None,
+    }
+
+
+def restore_training(
+    state: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    source: str,
+) -> dict[str, Any]:
+    """Load a :func:`training_state` checkpoint into the training objects.
+
+    Returns the rest of the run's state: ``iteration``, ``best``, ``metrics``, ``rng`` (per-rank list)
+    and ``bank`` (a ``MemoryBank`` state dict or ``None``).
+
+    Raises:
+        CheckpointError: keys or shapes of the model weights do not fit (``source`` names the file).
+    """
+    load_state_dict_strict(unwrap_model(model), state["model"], source)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    return {
+        "iteration": int(state["iteration"]),
+        "best": dict(state["best"]),
+        "metrics": dict(state["metrics"]),
+        "rng": list(state["rng"]),
+        "bank": state.get("bank"),
+    }

@@ -130,6 +130,20 @@ def export_model(
     return out, how
 
 
+def _check_output(out: str | Path, fmt: str) -> None:
+    """Refuse, before any work, an output path that is a directory (the export writes one file)."""
+    path = Path(out).expanduser()
+    if fmt == "exported-program" and path.suffix != ".pt2":
+        path = path.with_suffix(".pt2")
+    if path.is_dir():
+        raise ModelError(
+            f"--out {path} is a directory; pass the file to write, e.g. --out "
+            f"{path / ('model.pt2' if fmt == 'exported-program' else 'model.pt')}"
+        )
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise ModelError(f"--out {path}: a parent of it is a file, not a folder")
+
+
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     """``raycontrast export CHECKPOINT --format torchscript|exported-program --out FILE``.
 
@@ -152,6 +166,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path) -> Path
     """
     if fmt not in EXPORT_FORMATS:
         raise ModelError(f"export format {fmt!r} is not one of: {', '.join(EXPORT_FORMATS)}")
+    _check_output(out, fmt)
     seg, cfg = load_segmentor(checkpoint)
     state = load_checkpoint(checkpoint)
     deployed = seg.deploy()

@@ -188,6 +188,7 @@ class MemoryBank:
         self.ptr = torch.zeros((nk, num_classes), dtype=torch.long, device=device)
         self.count = torch.zeros((nk, num_classes), dtype=torch.long, device=device)
         self.writes = 0
+        self.dropped = 0  # non-finite records refused by write(), counted for logging
         # the write (one per training step) that filled each slot: entry ages; -1 = unknown
         self.written = torch.full((nk, num_classes, size), -1, dtype=torch.long, device=device)
         # global kind id -> local queue index (-1 when not held)
@@ -206,14 +207,26 @@ class MemoryBank:
         self.count.zero_()
         self.written.fill_(-1)
 
-    def write(self, records: BankRecords) -> None:
-        """Append records in order to their (kind, class) queue, replacing the oldest entries when full."""
+    def write(self, records: BankRecords) -> int:
+        """Append records in order to their (kind, class) queue, replacing the oldest entries when full.
+
+        Records holding a non-finite value are dropped (one NaN entry would make every later memory
+        loss of its class NaN) and counted in :attr:`dropped`; which ones depends on the records alone,
+        so replicas applying the same records stay identical. Returns the number dropped.
+        """
         self.writes += 1
-        n = len(records)
-        if n == 0:
-            return
+        if len(records) == 0:
+            return 0
         if records.vec.shape[1] != self.dim:
             raise ValueError(f"records have D={records.vec.shape[1]}, bank has D={self.dim}")
+        finite = torch.isfinite(records.vec).all(dim=1)
+        n_bad = int(finite.numel() - finite.sum())
+        if n_bad:
+            self.dropped += n_bad
+            records = BankRecords(records.cls[finite], records.kind[finite], records.vec[finite])
+        n = len(records)
+        if n == 0:
+            return n_bad
         local = self._local.to(records.kind.device)[records.kind]
         if bool((local < 0).any()) or bool(
             ((records.cls < 0) | (records.cls >= self.num_classes)).any()
@@ -238,6 +251,7 @@ class MemoryBank:
         ptr.copy_((ptr + counts) % self.size)
         cnt = self.count.view(-1)
         cnt.copy_(torch.clamp(cnt + counts, max=self.size))
+        return n_bad
 
     def memory(self, kinds: Sequence[str] | None = None) -> tuple[Tensor, list[Block]]:
         """The store ``(K*C*M, D)`` (a view, no copy) and the class blocks of its filled slots."""
@@ -283,6 +297,7 @@ class MemoryBank:
             "count": self.count,
             "writes": self.writes,
             "written": self.written,
+            "dropped": self.dropped,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -298,6 +313,7 @@ class MemoryBank:
         self.ptr.copy_(state["ptr"])
         self.count.copy_(state["count"])
         self.writes = int(state["writes"])
+        self.dropped = int(state.get("dropped", 0))  # absent from banks saved before it was counted
         written = state.get("written")
         if written is None:  # saved before entry ages were kept: ages unknown
             self.written.fill_(-1)

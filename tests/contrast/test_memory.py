@@ -141,3 +141,30 @@ def test_write_is_deterministic_when_one_write_overflows_a_queue():
     bank.write(_records([(0, 0)] * 8, 2, 0))
     assert bank.entries("pixel", 0)[:, 0].tolist() == [5.0, 6.0, 7.0]
     assert int(bank.ptr[0, 0]) == 8 % 3
+
+
+def test_write_drops_and_counts_non_finite_records():
+    gen = torch.Generator().manual_seed(0)
+    vec = torch.nn.functional.normalize(torch.randn(12, 4, generator=gen), dim=1)
+    cls = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    kind = torch.tensor([0] * 6 + [1] * 6)
+    vec[3, 1] = float("nan")
+    vec[8, 0] = float("inf")
+    vec[10] = float("-inf")
+    records = BankRecords(cls, kind, vec)
+    finite = torch.tensor([i not in (3, 8, 10) for i in range(12)])
+    a, b, ref = (MemoryBank(3, 4, 2) for _ in range(3))
+    assert a.write(records) == 3 and a.dropped == 3
+    b.write(records)
+    ref.write(BankRecords(cls[finite], kind[finite], vec[finite]))
+    assert a.equal(b) and a.equal(ref)  # same records in, same drops: replicas stay identical
+    assert bool(torch.isfinite(a.data).all()) and len(a) == len(ref)
+    assert ref.dropped == 0
+    # an all-bad write changes nothing but the counters
+    before = a.digest()
+    bad = BankRecords(cls[:2], kind[:2], torch.full((2, 4), float("nan")))
+    assert a.write(bad) == 2 and a.dropped == 5 and a.digest() == before
+    # the count survives a checkpoint
+    restored = MemoryBank(3, 4, 2)
+    restored.load_state_dict(a.state_dict())
+    assert restored.dropped == 5 and restored.equal(a)

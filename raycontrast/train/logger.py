@@ -14,7 +14,6 @@ and uploaded at each evaluation and at the end.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 import sys
@@ -95,17 +94,18 @@ class RunLogger:
         )
         self.local.mkdir(parents=True, exist_ok=True)
         if self.remote:
-            for name_ in ("metrics.csv", "val.csv"):
+            for name_ in ("metrics.csv", "val.csv", "bank.csv"):
                 uri = storage.join(run_dir, name_)
                 if storage.exists(uri):
                     (self.local / name_).write_bytes(storage.read_bytes(uri))
-        for name_ in ("metrics.csv", "val.csv"):
+        for name_ in ("metrics.csv", "val.csv", "bank.csv"):
             _truncate_csv(self.local / name_, start_iteration)
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(self.local / "tb"), purge_step=start_iteration or None)
         self._t0 = time.perf_counter()
         self._last = (start_iteration, self._t0)
+        self.last_bank: dict[str, float] = {}
 
     def _append(self, filename: str, fields: list[str], row: dict[str, Any]) -> None:
         path = self.local / filename
@@ -158,8 +158,48 @@ class RunLogger:
             f"mAcc {100 * metrics['mAcc']:.2f} | aAcc {100 * metrics['aAcc']:.2f}"
         )
 
-    def write_json(self, filename: str, payload: dict[str, Any]) -> None:
-        (self.local / filename).write_text(json.dumps(payload, indent=2) + "\n")
+    def val_samples(self, iteration: int, grid: Any) -> None:
+        """Add a validation sample grid (``uint8`` HxWx3, as returned by
+        :func:`raycontrast.eval.visualize.write_val_samples`) to TensorBoard as ``val/samples``."""
+        self.tb.add_image("val/samples", grid, iteration, dataformats="HWC")
+
+    def bank(self, iteration: int, health: dict[str, float], sample=None) -> None:
+        """Log one evaluation's bank health (:func:`raycontrast.contrast.health.bank_health`): a
+        ``bank.csv`` row, TensorBoard scalars under its keys, a console line, ``plots/bank_health.png``
+        redrawn from ``bank.csv`` and, given a :class:`~raycontrast.contrast.health.BankSample`,
+        ``plots/bank_map_<iteration>.png``. ``last_bank`` keeps the row for the run summary."""
+        from raycontrast.train.bank_plots import plot_bank_health, plot_bank_map
+
+        row = {"iteration": iteration, **health}
+        self._append("bank.csv", list(row), row)
+        for key, value in health.items():
+            if math.isfinite(value):
+                self.tb.add_scalar(key, value, iteration)
+        self.last_bank = row
+        kinds = [k for k in ("pixel", "region") if f"bank/{k}/fill" in health]
+        parts = [
+            f"{k} fill {100 * health[f'bank/{k}/fill']:.0f}% age {health[f'bank/{k}/age_mean']:.0f}"
+            f"/{health[f'bank/{k}/age_max']:.0f} spread {health[f'bank/{k}/spread']:.2f} "
+            f"closest pair {health[f'bank/{k}/nearest']:.2f}"
+            for k in kinds
+        ]
+        loss = [health.get(f"bank/loss/{k}", math.nan) for k in ("positive_share", "positive_cos")]
+        neg = health.get("bank/loss/hardest_negative_cos", math.nan)
+        parts.append(
+            f"anchors with a positive {100 * loss[0]:.0f}% pos {loss[1]:.2f} neg {neg:.2f}"
+        )
+        console(f"[{self.name}] bank at it {iteration}: " + " | ".join(parts))
+        plots = self.local / "plots"
+        plot_bank_health(
+            _read_csv(self.local / "bank.csv"), self.class_names, plots / "bank_health.png"
+        )
+        if sample is not None:
+            plot_bank_map(
+                sample,
+                self.class_names,
+                plots / f"bank_map_{iteration}.png",
+                f"bank at it {iteration}",
+            )
 
     def sync(self) -> None:
         """Upload the staging folder to URI storage (no-op for local and NFS paths)."""
@@ -192,14 +232,18 @@ def _num(value: str | None) -> float:
         return math.nan
 
 
-def write_plots(run_dir: Path, class_names, per_class_iou) -> list[Path]:
-    """Loss and mIoU curves and the final per-class IoU as PNGs in ``run_dir/plots``."""
+def write_plots(
+    run_dir: Path, class_names, per_class_iou, out_dir: Path | None = None
+) -> list[Path]:
+    """Loss and mIoU curves, the final per-class IoU and (when the run saved ``confusion.csv``) the
+    confusion heatmap, as PNGs in ``out_dir`` (default ``run_dir/plots``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = run_dir / "plots"
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     train = _read_csv(run_dir / "metrics.csv")
@@ -240,4 +284,12 @@ def write_plots(run_dir: Path, class_names, per_class_iou) -> list[Path]:
         fig.savefig(out / "per_class_iou.png", dpi=100)
         plt.close(fig)
         written.append(out / "per_class_iou.png")
+    if (run_dir / "confusion.csv").is_file():
+        from raycontrast.eval.visualize import confusion_figure, read_confusion
+
+        counts, names = read_confusion(run_dir / "confusion.csv")
+        fig = confusion_figure(counts, names)
+        fig.savefig(out / "confusion.png", dpi=100)
+        plt.close(fig)
+        written.append(out / "confusion.png")
     return written

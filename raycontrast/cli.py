@@ -1,4 +1,4 @@
-"""The ``raycontrast`` command line: train, tune, eval, export, convert.
+"""The ``raycontrast`` command line: train, tune, study, eval, export, convert, predict, report.
 
 Each subcommand is thin: it parses arguments and calls one public function of the package.
 """
@@ -6,6 +6,7 @@ Each subcommand is thin: it parses arguments and calls one public function of th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from raycontrast.train import run_training
 
     cfg = load_config(*_split_config(args.config, args.overrides))
+    if args.dry_run:
+        from raycontrast.train.launcher import dry_run
+
+        dry_run(cfg, address=args.address)
+        return 0
     run_training(cfg, address=args.address)
     return 0
 
@@ -33,7 +39,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from raycontrast.tune import run_sweep
 
+    if args.dry_run:
+        from raycontrast.tune.sweep import check_sweep, load_sweep
+
+        sweep = load_sweep(args.sweep, list(args.overrides))
+        report = check_sweep(sweep, address=args.address)
+        print(report.describe())
+        print(
+            f"[{sweep.config.name}] dry run: every check passed; search space over "
+            f"{', '.join(sweep.space)}; metric {sweep.config.metric} ({sweep.config.mode}); "
+            f"results would go to {sweep.root}"
+        )
+        return 0
     run_sweep(args.sweep, args.overrides, resume=args.resume, address=args.address)
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from raycontrast.tune import run_study
+
+    if args.dry_run:
+        from raycontrast.tune.runner import check_study, describe_study
+        from raycontrast.tune.study import load_study
+
+        study = load_study(args.study, list(args.overrides))
+        reports = check_study(study, address=args.address)
+        if reports:
+            print(reports[0].describe())
+        print(describe_study(study))
+        print(f"[{study.config.name}] dry run: every check passed for every arm")
+        return 0
+    run_study(
+        args.study,
+        args.overrides,
+        resume=args.resume,
+        address=args.address,
+        analyse_only=args.analyse,
+    )
     return 0
 
 
@@ -67,11 +109,55 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from raycontrast.eval.predict import PredictError, predict
+
+    try:
+        predict(
+            args.model,
+            args.input,
+            args.out,
+            overrides=args.overrides,
+            batch_size=args.batch_size,
+            probs=args.probs,
+            alpha=args.alpha,
+            skip_bad=args.skip_bad,
+            device=args.device,
+        )
+    except PredictError as err:
+        print(f"raycontrast: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from raycontrast.eval.compare import ReportError, report
+
+    try:
+        report(args.runs, out=args.out)
+    except ReportError as err:
+        print(f"raycontrast: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
-    rows = describe_config()
-    width = max(len(r[0]) for r in rows)
-    for key, tp, default, help_text in rows:
-        print(f"{key:<{width}}  {tp:<18} {default:<22} {help_text}")
+    if args.keys:
+        rows = describe_config()
+        width = max(len(r[0]) for r in rows)
+        for key, tp, default, help_text in rows:
+            print(f"{key:<{width}}  {tp:<18} {default:<22} {help_text}")
+        return 0
+    import yaml
+
+    from raycontrast.config import config_to_dict, config_warnings, load_config
+
+    config, overrides = _split_config(args.config, args.overrides)
+    cfg = load_config(config, overrides)
+    print(f"# resolved from {config}" + (f" + {' '.join(overrides)}" if overrides else ""))
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    for warning in config_warnings(cfg):
+        print(f"# warning: {warning}")
     return 0
 
 
@@ -85,10 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     overrides_help = "dotted config overrides, e.g. train.iterations=100 contrast.memory=both"
     address_help = "Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)"
 
-    p = sub.add_parser("train", help="train a segmentor (default: experiments/synthetic.yaml)")
-    p.add_argument("config", nargs="?", help="experiment YAML")
+    dry_help = "run every check, print the resolved config and the resources it would take, exit"
+    p = sub.add_parser(
+        "train", help="train a segmentor (default: the embedded synthetic experiment)"
+    )
+    p.add_argument(
+        "config", nargs="?", help="experiment YAML (default: the embedded synthetic.yaml)"
+    )
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.add_argument("--address", default=None, help=address_help)
+    p.add_argument("--dry-run", action="store_true", help=dry_help)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("tune", help="run a Ray Tune sweep")
@@ -96,7 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="overrides of the base experiment config")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument("--address", default=None, help=address_help)
+    p.add_argument("--dry-run", action="store_true", help=dry_help)
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser(
+        "study", help="multi-seed study: arms x seeds as Tune trials, intervals, paired tests"
+    )
+    p.add_argument("study", help="study YAML (see experiments/studies/)")
+    p.add_argument("overrides", nargs="*", help="overrides of the base experiment of every run")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument(
+        "--analyse", action="store_true", help="run nothing: redo the tables and plots from disk"
+    )
+    p.add_argument("--dry-run", action="store_true", help=dry_help)
+    p.add_argument("--address", default=None, help=address_help)
+    p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (per-class IoU table + JSON)")
     p.add_argument("config", help="experiment YAML (dataset and inference settings)")
@@ -122,13 +228,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.class_names=[a,b]")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("config", help="list every config key with its type, default and meaning")
+    p = sub.add_parser("predict", help="segment images with a trained model: label PNGs + overlays")
+    p.add_argument("model", help="run directory, checkpoint, or exported .pt / .pt2 model")
+    p.add_argument(
+        "--input", required=True, help="image, folder of images, .parquet file or folder of shards"
+    )
+    p.add_argument("--out", required=True, help="output folder (labels/, overlays/, probs/)")
+    p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.mode=slide")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--probs", action="store_true", help="also write probs/<name>.npy (float16)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the labels")
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("report", help="redraw a run's plots; compare several runs side by side")
+    p.add_argument("runs", nargs="+", help="run directories (<storage_path>/<name>)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (one run: default RUN/plots; several: default ./comparison)",
+    )
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "config", help="print the resolved config of an experiment (--keys: every key documented)"
+    )
+    p.add_argument(
+        "config", nargs="?", help="experiment YAML (default: the embedded synthetic.yaml)"
+    )
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument(
+        "--keys", action="store_true", help="list every config key with its type, default, meaning"
+    )
     p.set_defaults(func=_cmd_config)
     return parser
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, accepting ``key=value`` overrides (and CONFIG) after options such as ``--address X``,
+    which argparse alone rejects."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides"):
+        for item in extra:
+            if "=" in item and not item.startswith("-"):
+                args.overrides.append(item)
+            elif getattr(args, "config", "") is None and not item.startswith("-"):
+                args.config = item
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
+    if getattr(args, "no_progress", False):
+        os.environ["RAYCONTRAST_PROGRESS"] = "0"
     from raycontrast.data import DatasetError
 
     try:
@@ -141,7 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RuntimeError as err:
         from raycontrast.train import NonFiniteLoss, TrainingInterrupted
+        from raycontrast.train.launcher import WorkerFailure
 
+        if isinstance(err, WorkerFailure):
+            print(f"raycontrast: error: {err}", file=sys.stderr)
+            return 1
         if isinstance(err, TrainingInterrupted):
             print(f"raycontrast: {err}", file=sys.stderr)
             return 130

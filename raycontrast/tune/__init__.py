@@ -1,13 +1,18 @@
-"""Ray Tune sweeps of experiment config keys (memory size, anchor counts, loss weight ...)."""
+"""Ray Tune sweeps of experiment config keys, and multi-seed studies comparing arms."""
 
-from raycontrast.tune.runner import run_sweep, summarise_results
+from raycontrast.tune.runner import run_study, run_sweep, summarise_results
+from raycontrast.tune.study import Study, StudyConfig, load_study
 from raycontrast.tune.sweep import SchedulerConfig, Sweep, SweepConfig, load_sweep
 
 __all__ = [
     "SchedulerConfig",
+    "Study",
+    "StudyConfig",
     "Sweep",
     "SweepConfig",
+    "load_study",
     "load_sweep",
+    "run_study",
     "run_sweep",
     "summarise_results",
 ]

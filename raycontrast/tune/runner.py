@@ -1,4 +1,4 @@
-"""Run a sweep with Ray Tune and turn its results into a table, plots and a best-trial config.
+"""Run sweeps and studies with Ray Tune; a sweep's results become a table, plots and a best config.
 
 Tune drives Train through a function trainable (Ray 2.60): each trial's driver function builds the trial's
 experiment and calls :func:`raycontrast.train.run_training` with Tune's report callback, so every
@@ -12,15 +12,26 @@ import math
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from raycontrast import storage
-from raycontrast.config import save_config
+from raycontrast.config import ConfigError, save_config
+from raycontrast.tune.study import Cell, Study, load_study, per_run_cpus, study_dict
 from raycontrast.tune.sweep import Sweep, load_sweep
 
-__all__ = ["run_sweep", "summarise_results"]
+__all__ = [
+    "check_study",
+    "concurrency",
+    "describe_study",
+    "fit_trials",
+    "run_study",
+    "run_sweep",
+    "summarise_results",
+]
 
 
 def _trial(config: dict[str, Any], sweep: Sweep) -> None:
-    """One trial: its experiment, trained with metrics forwarded to Tune."""
+    """One sweep trial: its experiment, trained with metrics forwarded to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -31,12 +42,13 @@ def _trial(config: dict[str, Any], sweep: Sweep) -> None:
     run_training(cfg, callbacks=[TuneReportCallback()])
 
 
-def _trainable(sweep: Sweep):
-    from ray import tune
+def _study_trial(config: dict[str, Any], study: Study) -> None:
+    """One study run (an arm in a regime with a seed), trained with metrics forwarded to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    return tune.with_resources(
-        tune.with_parameters(_trial, sweep=sweep), {"cpu": sweep.config.trial_cpus}
-    )
+    from raycontrast.train import run_training
+
+    run_training(study.run_config(study.cell(config["run"])), callbacks=[TuneReportCallback()])
 
 
 def _scheduler(sweep: Sweep):
@@ -54,6 +66,71 @@ def _scheduler(sweep: Sweep):
     )
 
 
+def concurrency(requested: int, cpus_per_trial: float) -> int:
+    """``requested`` trials at once, or (0) as many as the cluster's CPUs fit, at least one.
+
+    ``cpus_per_trial`` counts the trial's driver and its Train workers: Tune reserves only the
+    driver's share, so without this bound it would start trials whose workers cannot be placed.
+    """
+    if requested > 0:
+        return requested
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(1, int(total // cpus_per_trial + 1e-9)) if cpus_per_trial > 0 else 1
+
+
+def fit_trials(
+    fn,
+    *,
+    root: str,
+    name: str,
+    storage_path: str,
+    param_space: dict[str, Any],
+    trial_cpus: float,
+    metric: str,
+    mode: str,
+    max_concurrent_trials: int,
+    max_failures: int,
+    resume: bool,
+    scheduler=None,
+    num_samples: int = 1,
+    **params: Any,
+):
+    """Run ``fn(config, **params)`` as Tune trials (or, with ``resume``, continue them); the grid.
+
+    Shared by sweeps and studies: one layout (``<storage_path>/<name>/``, Tune's experiment state,
+    trial runs under ``runs/``), trial resources (``trial_cpus`` for the trial's driver; its Train
+    workers request their own), retries (``max_failures``, a retried trial resumes from its own
+    checkpoint) and ``Tuner.restore`` for an interrupted run.
+    """
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(fn, **params), {"cpu": trial_cpus})
+    if resume:
+        if not storage.exists(root):
+            raise FileNotFoundError(f"nothing to resume: no {name!r} at {root}")
+        tuner = tune.Tuner.restore(root, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage.resolve(storage_path),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+            ),
+        )
+    return tuner.fit()
+
+
 def run_sweep(
     path: str,
     overrides: list[str] | tuple[str, ...] = (),
@@ -68,8 +145,6 @@ def run_sweep(
         resume: continue an interrupted sweep (``Tuner.restore``), trials resuming from checkpoints.
         address: Ray cluster address (default: ``$RAY_ADDRESS``, else a local instance).
     """
-    from ray import tune
-
     from raycontrast.train import check_data, check_storage, connect
 
     sweep = load_sweep(path, list(overrides))
@@ -77,29 +152,154 @@ def run_sweep(
     check_data(sweep.trial_config({}, "probe"))  # a missing dataset fails here, not in every trial
     connect(address)
     cfg = sweep.config
-    if resume:
-        if not storage.exists(sweep.root):
-            raise FileNotFoundError(f"nothing to resume: no sweep at {sweep.root}")
-        tuner = tune.Tuner.restore(sweep.root, trainable=_trainable(sweep), resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            _trainable(sweep),
-            param_space=sweep.tune_space(),
-            tune_config=tune.TuneConfig(
-                metric=cfg.metric,
-                mode=cfg.mode,
-                scheduler=_scheduler(sweep),
-                num_samples=cfg.num_samples,
-                max_concurrent_trials=cfg.max_concurrent_trials,
-            ),
-            run_config=tune.RunConfig(
-                name=cfg.name,
-                storage_path=storage.resolve(cfg.storage_path),
-                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            ),
-        )
-    grid = tuner.fit()
+    grid = fit_trials(
+        _trial,
+        root=sweep.root,
+        name=cfg.name,
+        storage_path=cfg.storage_path,
+        param_space=sweep.tune_space(),
+        trial_cpus=cfg.trial_cpus,
+        metric=cfg.metric,
+        mode=cfg.mode,
+        max_concurrent_trials=cfg.max_concurrent_trials,
+        max_failures=cfg.max_failures,
+        resume=resume,
+        scheduler=_scheduler(sweep),
+        num_samples=cfg.num_samples,
+        sweep=sweep,
+    )
     return summarise_results(sweep, grid)
+
+
+def run_study(
+    path: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = False,
+    address: str | None = None,
+    analyse_only: bool = False,
+) -> dict[str, Any]:
+    """Run (or continue) every arm x regime x seed of the study in ``path``, then write its results.
+
+    Args:
+        path: study YAML.
+        overrides: ``key=value`` overrides of the base experiment, applied to every run
+            (``name=`` / ``storage_path=`` name the study itself).
+        resume: continue an interrupted study: finished runs are kept, the others resume from their
+            own last checkpoint.
+        address: Ray cluster address (default: ``$RAY_ADDRESS``, else a local instance).
+        analyse_only: run nothing; recompute the tables and plots from the runs on disk.
+    """
+    from ray import tune
+
+    from raycontrast.train import connect
+    from raycontrast.tune.study_results import write_results
+
+    study = load_study(path, list(overrides))
+    if analyse_only:
+        return write_results(study)
+    cfg = study.config
+    check_study(study, address)  # a mistake in any arm fails here, before any run starts
+    connect(address)
+    storage.makedirs(study.results_dir)
+    storage.write_bytes(
+        storage.join(study.results_dir, "study.yaml"),
+        yaml.safe_dump(study_dict(study), sort_keys=False).encode(),
+    )
+    runs = [c.run_name for c in study.cells()]
+    limit = concurrency(cfg.max_concurrent_trials, per_run_cpus(study))
+    print(
+        f"[{cfg.name}] {len(runs)} runs ({len(study.arms)} arms x {len(study.regimes)} regime(s) "
+        f"x {len(study.seeds)} seeds), {limit} at once; study dir {study.root}",
+        flush=True,
+    )
+    fit_trials(
+        _study_trial,
+        root=study.root,
+        name=cfg.name,
+        storage_path=cfg.storage_path,
+        param_space={"run": tune.grid_search(runs)},
+        trial_cpus=cfg.trial_cpus,
+        metric=cfg.metric,
+        mode="max",
+        max_concurrent_trials=limit,
+        max_failures=cfg.max_failures,
+        resume=resume,
+        study=study,
+    )
+    return write_results(study)
+
+
+def check_study(study: Study, address: str | None = None, cluster: bool = True) -> list[Any]:
+    """Every check of a study before any run starts (``raycontrast study --dry-run`` and
+    :func:`run_study`): each arm x regime experiment's preflight (data, model on the meta device,
+    storage, a rerun's checkpoint, the metric) and one run's resources against the cluster
+    (``address`` / ``$RAY_ADDRESS`` when given, else what a local Ray instance would offer).
+
+    Returns:
+        One :class:`~raycontrast.train.preflight.Preflight` per arm x regime (empty on a tree
+        without the preflight module, where only the data are checked).
+    """
+    import os
+
+    from raycontrast.train import check_data, check_storage
+
+    check_storage(study.config.storage_path)
+    try:
+        from raycontrast.train.preflight import check_resources, local_capacity, preflight
+    except ImportError:
+        for regime in study.regimes:
+            for arm in study.arms:
+                check_data(study.experiment(arm, regime))
+        return []
+    reports = []
+    for regime in study.regimes:
+        for arm in study.arms:
+            where = f"arm {arm!r}" + (f" in regime {regime!r}" if regime else "")
+            try:
+                reports.append(
+                    preflight(
+                        study.run_config(Cell(arm, regime, study.seeds[0])),
+                        metrics=[(study.config.metric, "study metric")],
+                        driver_cpus=study.config.trial_cpus,
+                        cluster=False,
+                    )
+                )
+            except ConfigError as err:
+                raise type(err)(f"{study.path}: {where}: {err}") from None
+    if cluster and reports:
+        import ray
+
+        available = None
+        if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+            from raycontrast.train import connect
+
+            connect(address)
+        else:
+            available = local_capacity()
+        for report in reports:
+            report.resources, report.cluster = check_resources(
+                report.config, study.config.trial_cpus, available
+            )
+    return reports
+
+
+def describe_study(study: Study) -> str:
+    """The plan ``--dry-run`` prints: arms, regimes, seeds, runs and where results go."""
+    lines = [f"study {study.config.name!r}: base {study.base_path}"]
+    for name, over in study.arms.items():
+        ref = " (reference)" if name == study.config.reference else ""
+        text = ", ".join(f"{k}={v}" for k, v in over.items()) or "the base experiment"
+        lines.append(f"  arm {name}{ref}: {text}")
+    for name, over in study.regimes.items():
+        if name:
+            text = ", ".join(f"{k}={v}" for k, v in over.items()) or "no overrides"
+            lines.append(f"  regime {name}: {text}")
+    cells = study.cells()
+    lines.append(
+        f"  seeds {study.seeds}: {len(cells)} runs of {per_run_cpus(study):g} CPUs each; "
+        f"metric {study.config.metric} (final and best), results in {study.results_dir}"
+    )
+    return "\n".join(lines)
 
 
 def _status(result, iterations: int) -> str:

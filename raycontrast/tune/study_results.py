@@ -1,0 +1,405 @@
+"""A study's results: the table of every run, per-arm intervals, paired differences, study.md, plots.
+
+Everything is computed from the run directories (``val.csv``, ``metrics.csv``, ``summary.json``), so
+the analysis can be redone at any time (``raycontrast study STUDY.yaml --analyse``), including on a
+study cut short: arms are compared over the seeds both have finished, and every table says how many.
+
+(The comparison of arbitrary runs — ``raycontrast report`` in :mod:`raycontrast.eval` — is written
+separately; the curve reading and plotting here can move there once both exist.)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any
+
+from raycontrast import storage
+from raycontrast.tune.stats import paired_difference, summarize
+from raycontrast.tune.study import REPORTED_METRICS, Cell, Study, study_dict
+
+__all__ = ["analyse", "collect_runs", "read_curves", "write_results"]
+
+
+def _read_csv(uri: str) -> list[dict[str, str]]:
+    if not storage.exists(uri):
+        return []
+    text = storage.read_bytes(uri).decode()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_curves(run_dir: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``val.csv`` and ``metrics.csv`` rows of one run (empty lists when absent)."""
+    return _read_csv(storage.join(run_dir, "val.csv")), _read_csv(
+        storage.join(run_dir, "metrics.csv")
+    )
+
+
+def collect_runs(study: Study) -> list[dict[str, Any]]:
+    """One row per run of the study: arm, regime, seed, status, final and best metric, per-class IoU.
+
+    ``final`` is the metric at the run's last iteration (``train.iterations``); ``best`` the highest
+    over its evaluations. A run that has not reached its last iteration is ``incomplete`` (its values
+    are kept in the table but left out of the statistics); one that never evaluated is ``missing``.
+    """
+    metric = study.config.metric
+    rows = []
+    for cell in study.cells():
+        run_dir = study.run_dir(cell)
+        cfg = study.run_config(cell)
+        val, train = read_curves(run_dir)
+        row: dict[str, Any] = {
+            "regime": cell.regime,
+            "arm": cell.arm,
+            "seed": cell.seed,
+            "run": cell.run_name,
+            "iterations": 0,
+            "target_iterations": cfg.train.iterations,
+        }
+        if not val:
+            rows.append({**row, "status": "missing", f"final_{metric}": math.nan})
+            continue
+        last = val[-1]
+        values = [_num(r.get(metric)) for r in val]
+        iterations = int(_num(last["iteration"]))
+        summary_path = storage.join(run_dir, "summary.json")
+        summary = (
+            json.loads(storage.read_bytes(summary_path)) if storage.exists(summary_path) else {}
+        )
+        row.update(
+            iterations=iterations,
+            status="completed" if iterations >= cfg.train.iterations else "incomplete",
+            best_iteration=int(_num(val[values.index(max(values))]["iteration"])),
+            final_ce=_num(train[-1].get("ce")) if train else math.nan,
+            train_wall_s=_num(summary.get("train_wall_s")),
+        )
+        row.update({f"final_{m}": _num(last.get(m)) for m in REPORTED_METRICS})
+        row[f"best_{metric}"] = max(values)
+        for key, value in last.items():
+            if key.startswith("IoU/"):
+                row[key] = _num(value)
+        rows.append(row)
+    return rows
+
+
+def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("status") == "completed"]
+
+
+def analyse(study: Study, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The statistics tables from :func:`collect_runs` rows (completed runs only).
+
+    Returns ``arms`` (per regime and arm: n, mean, std, CI of final and best metric), ``paired``
+    (per regime and non-reference arm: paired difference with the reference over common seeds, its
+    CI, t and p) and ``per_class`` (per regime, arm and class: mean IoU and paired difference with
+    the reference).
+    """
+    cfg = study.config
+    metric, conf, ref = cfg.metric, cfg.confidence, cfg.reference
+    done = _ok(rows)
+    classes = sorted({k for r in done for k in r if k.startswith("IoU/")}, key=_class_order(done))
+    arms, paired, per_class = [], [], []
+    for regime in study.regimes:
+        by_arm = {
+            arm: {r["seed"]: r for r in done if r["regime"] == regime and r["arm"] == arm}
+            for arm in study.arms
+        }
+        for arm, runs in by_arm.items():
+            entry: dict[str, Any] = {"regime": regime, "arm": arm, "n": len(runs)}
+            for kind in ("final", "best"):
+                s = summarize([r[f"{kind}_{metric}"] for r in runs.values()], conf)
+                entry.update(s.as_dict(f"{kind}_"))
+            arms.append(entry)
+            if arm != ref:
+                for kind in ("final", "best"):
+                    d = paired_difference(
+                        {s: r[f"{kind}_{metric}"] for s, r in runs.items()},
+                        {s: r[f"{kind}_{metric}"] for s, r in by_arm[ref].items()},
+                        conf,
+                    )
+                    paired.append(
+                        {
+                            "regime": regime,
+                            "arm": arm,
+                            "reference": ref,
+                            "value": kind,
+                            "seeds": " ".join(str(s) for s in d.seeds),
+                            **d.as_dict(),
+                        }
+                    )
+            for key in classes:
+                values = {s: r.get(key, math.nan) for s, r in runs.items()}
+                s = summarize(list(values.values()), conf)
+                item = {
+                    "regime": regime,
+                    "arm": arm,
+                    "class": key.removeprefix("IoU/"),
+                    "n": s.n,
+                    "mean": s.mean,
+                }
+                if arm != ref:
+                    d = paired_difference(
+                        values, {s_: r.get(key, math.nan) for s_, r in by_arm[ref].items()}, conf
+                    )
+                    item.update(diff_mean=d.diff.mean, diff_ci_low=d.diff.ci_low)
+                    item.update(diff_ci_high=d.diff.ci_high, p=d.p)
+                per_class.append(item)
+    return {"arms": arms, "paired": paired, "per_class": per_class}
+
+
+def _class_order(rows: list[dict[str, Any]]):
+    order = {}
+    for r in rows:
+        for k in r:
+            if k.startswith("IoU/") and k not in order:
+                order[k] = len(order)
+    return lambda k: order[k]
+
+
+def _pct(x: float, signed: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def _interval(low: float, high: float, signed: bool = False) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "-"
+    return f"[{_pct(low, signed)}, {_pct(high, signed)}]"
+
+
+def _p(p: float) -> str:
+    if not math.isfinite(p):
+        return "-"
+    return f"{p:.3g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def study_markdown(study: Study, rows: list[dict[str, Any]], tables: dict[str, Any]) -> str:
+    """``study.md``: the per-arm table, the paired differences and the per-class differences."""
+    cfg = study.config
+    m, ref, level = cfg.metric, cfg.reference, f"{100 * cfg.confidence:g} %"
+    expected = len(study.seeds)
+    done = _ok(rows)
+    lines = [
+        f"# Study `{cfg.name}`",
+        "",
+        f"Base `{cfg.base}`, seeds {study.seeds}, reference arm `{ref}`. "
+        f"{len(done)} of {len(rows)} runs completed. Values in % ({m} on `{_val_split(study)}`): "
+        f"mean ± std over seeds, {level} Student t interval of the mean; differences paired by seed "
+        f"(arm − {ref}), two-sided paired t-test.",
+        "",
+    ]
+    if len(done) < len(rows):
+        missing = [r["run"] for r in rows if r.get("status") != "completed"]
+        lines += [
+            f"**Partial study**: {len(rows) - len(done)} run(s) not completed "
+            f"({', '.join(missing)}); each row says over how many seeds it is computed.",
+            "",
+        ]
+    for regime in study.regimes:
+        title = f"## Regime `{regime}`" if regime else "## Results"
+        over = study.regimes[regime]
+        lines += [title, ""]
+        if over:
+            lines += ["Regime overrides: " + ", ".join(f"`{k}={v}`" for k, v in over.items()), ""]
+        lines += [
+            f"| arm | overrides | seeds | final {m} | {level} CI | best {m} | {level} CI "
+            f"| Δ final vs `{ref}` | {level} CI | p |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for a in (t for t in tables["arms"] if t["regime"] == regime):
+            d = next(
+                (
+                    p
+                    for p in tables["paired"]
+                    if p["regime"] == regime and p["arm"] == a["arm"] and p["value"] == "final"
+                ),
+                None,
+            )
+            overrides = ", ".join(f"`{k}={v}`" for k, v in study.arms[a["arm"]].items()) or "(base)"
+            n = f"{a['n']}/{expected}"
+            delta = (
+                ("(reference)", "", "")
+                if d is None
+                else (
+                    _pct(d["mean"], True),
+                    _interval(d["ci_low"], d["ci_high"], True),
+                    _p(d["p"]),
+                )
+            )
+            lines.append(
+                f"| `{a['arm']}` | {overrides} | {n} | {_pct(a['final_mean'])} ± "
+                f"{_pct(a['final_std'])} | {_interval(a['final_ci_low'], a['final_ci_high'])} | "
+                f"{_pct(a['best_mean'])} ± {_pct(a['best_std'])} | "
+                f"{_interval(a['best_ci_low'], a['best_ci_high'])} | {' | '.join(delta)} |"
+            )
+        lines.append("")
+        pc = [t for t in tables["per_class"] if t["regime"] == regime and t["arm"] != ref]
+        if pc:
+            classes = list(dict.fromkeys(t["class"] for t in pc))
+            others = [a for a in study.arms if a != ref]
+            lines += [
+                f"Per-class IoU: `{ref}` mean, and each arm's paired difference (arm − {ref}; "
+                f"* where the {level} interval excludes 0).",
+                "",
+                f"| class | `{ref}` | " + " | ".join(f"Δ `{a}`" for a in others) + " |",
+                "|---|---|" + "---|" * len(others),
+            ]
+            for c in classes:
+                base = next(
+                    (
+                        t
+                        for t in tables["per_class"]
+                        if t["regime"] == regime and t["arm"] == ref and t["class"] == c
+                    ),
+                    {},
+                )
+                cells = []
+                for a in others:
+                    t = next((t for t in pc if t["arm"] == a and t["class"] == c), {})
+                    lo, hi = t.get("diff_ci_low", math.nan), t.get("diff_ci_high", math.nan)
+                    star = "*" if math.isfinite(lo) and (lo > 0 or hi < 0) else ""
+                    cells.append(_pct(t.get("diff_mean", math.nan), True) + star)
+                lines.append(
+                    f"| {c} | {_pct(base.get('mean', math.nan))} | " + " | ".join(cells) + " |"
+                )
+            lines.append("")
+    lines += [
+        "Files: `runs.csv` / `runs.parquet` (every run), `arms.csv`, `paired.csv`, `per_class.csv`, "
+        f"`{m}_per_arm.png` (means with intervals), `curves.png` (validation {m} and training CE, "
+        "mean and interval band over seeds).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _val_split(study: Study) -> str:
+    first = next(iter(study.regimes))
+    return study.experiment(next(iter(study.arms)), first).data.val_split
+
+
+def _frame(rows: list[dict[str, Any]]):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def write_results(study: Study) -> dict[str, Any]:
+    """Collect the runs, compute the statistics and write every table, ``study.md`` and the plots."""
+    rows = collect_runs(study)
+    tables = analyse(study, rows)
+    out = study.results_dir
+    storage.makedirs(out)
+    runs = _frame(rows)
+    storage.write_bytes(storage.join(out, "runs.csv"), runs.to_csv(index=False).encode())
+    storage.write_bytes(storage.join(out, "runs.parquet"), runs.to_parquet(index=False))
+    for name, table in tables.items():
+        storage.write_bytes(
+            storage.join(out, f"{name}.csv"), _frame(table).to_csv(index=False).encode()
+        )
+    md = study_markdown(study, rows, tables)
+    storage.write_bytes(storage.join(out, "study.md"), md.encode())
+    storage.write_bytes(
+        storage.join(out, "study.json"),
+        json.dumps({"study": study_dict(study), **tables}, indent=2, default=str).encode(),
+    )
+    plots = _plots(study, rows, tables, out)
+    print(md, flush=True)
+    print(f"study results in {out}", flush=True)
+    return {"results_dir": out, "rows": rows, **tables, "plots": plots}
+
+
+def _save(fig, path: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    storage.write_bytes(path, buf.getvalue())
+    return path
+
+
+def _plots(study: Study, rows, tables, out: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from raycontrast.tune.stats import summarize as summ
+
+    cfg = study.config
+    m = cfg.metric
+    regimes = list(study.regimes)
+    written = []
+
+    # means with intervals, one panel per regime; dots are the individual seeds
+    fig, axes = plt.subplots(
+        1, len(regimes), figsize=(1.6 + 1.4 * len(study.arms) * len(regimes), 3.8), squeeze=False
+    )
+    for ax, regime in zip(axes[0], regimes):
+        entries = [t for t in tables["arms"] if t["regime"] == regime]
+        for i, t in enumerate(entries):
+            for kind, dx, colour in (("final", -0.12, "C0"), ("best", 0.12, "C1")):
+                mean = t[f"{kind}_mean"]
+                if not math.isfinite(mean):
+                    continue
+                lo, hi = t[f"{kind}_ci_low"], t[f"{kind}_ci_high"]
+                err = [[100 * (mean - lo)], [100 * (hi - mean)]] if math.isfinite(lo) else None
+                ax.errorbar(
+                    i + dx, 100 * mean, yerr=err, fmt="o", color=colour, capsize=4,
+                    label=f"{kind} {m}" if i == 0 else None,
+                )  # fmt: skip
+                seeds = [
+                    r[f"{kind}_{m}"]
+                    for r in _ok(rows)
+                    if r["regime"] == regime and r["arm"] == t["arm"]
+                ]
+                ax.scatter([i + dx + 0.05] * len(seeds), [100 * v for v in seeds], s=8,
+                           color=colour, alpha=0.4)  # fmt: skip
+        ax.set_xticks(range(len(entries)), [t["arm"] for t in entries], rotation=20)
+        ax.set_ylabel(f"{m} (%)")
+        ax.set_title(f"{regime or cfg.name}: mean, {100 * cfg.confidence:g}% CI")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, storage.join(out, f"{m}_per_arm.png")))
+    plt.close(fig)
+
+    # learning curves: validation metric and training CE, mean and interval band over seeds
+    fig, axes = plt.subplots(2, len(regimes), figsize=(5.5 * len(regimes), 7), squeeze=False)
+    for col, regime in enumerate(regimes):
+        for i, arm in enumerate(study.arms):
+            curves = {"val": {}, "ce": {}}
+            for seed in study.seeds:
+                val, train = read_curves(study.run_dir(Cell(arm, regime, seed)))
+                for r in val:
+                    curves["val"].setdefault(int(_num(r["iteration"])), []).append(_num(r.get(m)))
+                for r in train:
+                    curves["ce"].setdefault(int(_num(r["iteration"])), []).append(_num(r.get("ce")))
+            for row, (key, label) in enumerate((("val", f"val {m} (%)"), ("ce", "training CE"))):
+                ax = axes[row][col]
+                its = sorted(curves[key])
+                if not its:
+                    continue
+                scale = 100 if key == "val" else 1
+                stats = [summ(curves[key][it], cfg.confidence) for it in its]
+                mean = np.array([s.mean for s in stats]) * scale
+                lo = np.array([s.ci_low if math.isfinite(s.ci_low) else s.mean for s in stats])
+                hi = np.array([s.ci_high if math.isfinite(s.ci_high) else s.mean for s in stats])
+                ax.plot(its, mean, color=f"C{i}", label=arm, marker="o" if key == "val" else None,
+                        markersize=3)  # fmt: skip
+                ax.fill_between(its, lo * scale, hi * scale, color=f"C{i}", alpha=0.2)
+                ax.set_ylabel(label)
+                ax.set_xlabel("iteration")
+                ax.set_title(f"{regime or cfg.name}: {label}")
+        axes[0][col].legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, storage.join(out, "curves.png")))
+    plt.close(fig)
+    return written

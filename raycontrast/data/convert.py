@@ -18,6 +18,7 @@ from raycontrast.data.base import STORED_IGNORE, DatasetError
 from raycontrast.data.build import build_source, dataset_info
 from raycontrast.data.io import encode_png
 from raycontrast.data.parquet import FORMAT, MANIFEST_NAME
+from raycontrast.progress import progress
 
 __all__ = ["ROW_GROUP_SIZE", "SCHEMA", "convert_dataset"]
 
@@ -99,6 +100,13 @@ def convert_dataset(
     rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
     shards, written, total = 0, 0, len(source)
     start = time.perf_counter()
+    bar = progress(total=total, desc=f"convert {split}", unit="img")
+
+    def say(message: str) -> None:  # a line above the progress bar, or a plain print
+        if bar.disable:
+            print(message, flush=True)
+        else:
+            bar.write(message)
 
     def flush() -> None:
         nonlocal shards, rows
@@ -108,14 +116,14 @@ def convert_dataset(
         pq.write_table(table, tmp_dir / f"part-{shards:05d}.parquet", row_group_size=ROW_GROUP_SIZE)
         shards += 1
         rows = {name: [] for name in SCHEMA.names}
-        print(
+        say(
             f"[convert] {info.name}/{split}: {written}/{total} rows, {shards} shards "
-            f"({time.perf_counter() - start:.0f}s)",
-            flush=True,
+            f"({time.perf_counter() - start:.0f}s)"
         )
 
     try:
         for index in range(total):
+            bar.update(1)
             try:
                 sample = source.load(index)
             except DatasetError as err:
@@ -140,6 +148,7 @@ def convert_dataset(
             raise DatasetError(f"{info.name} split {split!r}: no valid samples to convert")
         _swap_in(tmp_dir, split_dir)
     finally:
+        bar.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
     manifest["splits"][split] = {

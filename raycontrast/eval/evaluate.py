@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from raycontrast.config import EvalConfig
 from raycontrast.eval.inference import infer
 from raycontrast.eval.metrics import SegMetrics
+from raycontrast.progress import progress
 
 __all__ = ["evaluate", "iter_batches"]
 
@@ -83,6 +84,7 @@ def evaluate(
     eval_cfg: EvalConfig | None = None,
     device: str | torch.device = "cpu",
     max_images: int | None = None,
+    show_progress: bool | None = False,
 ) -> SegMetrics:
     """Run :func:`~raycontrast.eval.inference.infer` over a dataset and accumulate the metrics.
 
@@ -102,6 +104,8 @@ def evaluate(
             ``mode=slide`` needs ``crop_size`` here (``run_eval`` fills in ``data.crop_size``).
         device: where images are moved before inference.
         max_images: stop after this many images (default: ``eval_cfg.max_images``, else all).
+        show_progress: a progress bar (``None``: only on a terminal, see
+            :mod:`raycontrast.progress`); off by default (training workers evaluate silently).
 
     Returns:
         The accumulated :class:`~raycontrast.eval.metrics.SegMetrics`.
@@ -123,6 +127,15 @@ def evaluate(
     if module is not None:
         module.eval()
     seen = 0
+    total = len(dataset_or_loader) if hasattr(dataset_or_loader, "__len__") else None
+    if total is not None and limit is not None:
+        total = min(total, limit)
+    bar = progress(
+        total=total,
+        desc="eval",
+        unit="img",
+        enabled=show_progress,
+    )
     try:
         with torch.inference_mode():
             for images, labels in iter_batches(dataset_or_loader):
@@ -148,7 +161,9 @@ def evaluate(
                 metrics.update(logits.argmax(1).cpu(), labels.cpu())
                 seen += images.shape[0]
                 metrics.num_images = seen
+                bar.update(images.shape[0])
     finally:
+        bar.close()
         if module is not None and was_training:
             module.train()
     return metrics

@@ -52,6 +52,21 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[floa
     return statistics.median(times), times
 
 
+def fmt_spread(times: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    """``median [min-max]`` of ``times`` (times ``scale``) for printing."""
+    med = statistics.median(times) * scale
+    return f"{med:.{digits}f} [{min(times) * scale:.{digits}f}-{max(times) * scale:.{digits}f}]"
+
+
+def ratio_spread(num: list[float], den: list[float]) -> dict:
+    """Ratio of the medians of two timing series, with the range the repeats allow."""
+    return {
+        "median": statistics.median(num) / statistics.median(den),
+        "min": min(num) / max(den),
+        "max": max(num) / min(den),
+    }
+
+
 def run_isolated(script: str, name: str, *args: str) -> dict:
     """Run ``script --measure name args`` in a fresh interpreter; it prints one JSON line last."""
     cmd = [sys.executable, script, "--measure", name, *args]

@@ -11,13 +11,19 @@ from raycontrast.contrast.loss import (
 from raycontrast.contrast.memory import KINDS, BankRecords, MemoryBank, select_records
 from raycontrast.contrast.module import ContrastOutput, PixelContrastLoss, memory_kinds
 from raycontrast.contrast.sampling import resize_labels, resize_predictions, sample_anchors
-from raycontrast.contrast.selection import MemorySelection, gather_similarity, select_memory_entries
+from raycontrast.contrast.selection import (
+    MemorySampling,
+    MemorySelection,
+    gather_similarity,
+    select_memory_entries,
+)
 
 __all__ = [
     "KINDS",
     "BankRecords",
     "ContrastOutput",
     "MemoryBank",
+    "MemorySampling",
     "MemorySelection",
     "PixelContrastLoss",
     "class_blocks",

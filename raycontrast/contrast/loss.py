@@ -24,8 +24,16 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from raycontrast.contrast.selection import MemorySelection, gather_similarity, select_memory_entries
+from raycontrast.contrast import _chunking
+from raycontrast.contrast.selection import (
+    MemorySampling,
+    MemorySelection,
+    as_sampling,
+    gather_similarity,
+    select_memory_entries,
+)
 
 __all__ = [
     "Block",
@@ -37,9 +45,6 @@ __all__ = [
 
 Block = tuple[int, int, int]
 """``(class, start, stop)``: rows ``start:stop`` of a store all have label ``class``."""
-
-SAMPLING_MODES = ("all", "hardest", "semi_hard", "mixed")
-_CHUNK_ELEMENTS = 1 << 22  # similarity chunk size (rows x entries) kept in memory at once
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -70,7 +75,7 @@ def class_blocks(sorted_labels: Tensor, offset: int = 0) -> list[Block]:
 
 
 def _chunks(start: int, stop: int, rows: int):
-    step = max(1, _CHUNK_ELEMENTS // max(rows, 1))
+    step = _chunking.chunk_step(rows)
     for a in range(start, stop, step):
         yield a, min(a + step, stop)
 
@@ -167,6 +172,7 @@ class _BlockInfoNCE(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # the gradient is precomputed in forward: a second derivative must raise
     def backward(ctx, grad_out):
         anchors, store, log_neg, coef, sig_sum, has_neg = ctx.saved_tensors
         a_blocks, m_blocks, inv_tau, exclude_self, need_gs = ctx.meta
@@ -264,10 +270,7 @@ def memory_contrast_loss(
     memory_labels: Tensor,
     tau: float = 0.1,
     tau_base: float = 0.07,
-    sampling: str = "all",
-    k: int = 1024,
-    top_fraction: float = 0.1,
-    hard_fraction: float = 0.5,
+    sampling: MemorySampling | str = "all",
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Anchors against memory entries (pixel and/or region), one InfoNCE (SPEC.md).
@@ -279,9 +282,8 @@ def memory_contrast_loss(
             Entries sorted by label are used in place; otherwise a sorted copy is made.
         memory_labels: ``(M,)`` entry classes.
         tau, tau_base: temperature and base temperature (loss scaled by ``tau / tau_base``).
-        sampling: ``all`` | ``hardest`` | ``semi_hard`` | ``mixed`` (see
-            :func:`raycontrast.contrast.selection.select_memory_entries`).
-        k, top_fraction, hard_fraction: sampling parameters.
+        sampling: a :class:`~raycontrast.contrast.selection.MemorySampling` or a mode name
+            (``all`` | ``hardest`` | ``semi_hard`` | ``mixed``, default parameters).
         generator: random source for ``semi_hard`` / ``mixed``.
 
     Returns:
@@ -304,9 +306,6 @@ def memory_contrast_loss(
         tau=tau,
         tau_base=tau_base,
         sampling=sampling,
-        k=k,
-        top_fraction=top_fraction,
-        hard_fraction=hard_fraction,
         generator=generator,
     )
 
@@ -318,23 +317,19 @@ def memory_contrast_loss_blocks(
     blocks: Sequence[Block],
     tau: float = 0.1,
     tau_base: float = 0.07,
-    sampling: str = "all",
-    k: int = 1024,
-    top_fraction: float = 0.1,
-    hard_fraction: float = 0.5,
+    sampling: MemorySampling | str = "all",
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """:func:`memory_contrast_loss` on a store described by class blocks (what the bank hands out).
 
     ``store`` rows outside ``blocks`` (empty bank slots) are never read.
     """
-    if sampling not in SAMPLING_MODES:
-        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+    sampling = as_sampling(sampling)
     _check_inputs(anchors, anchor_labels)
     blocks = [b for b in blocks if b[2] > b[1]]
     if anchors.shape[0] == 0 or not blocks:
         return zero_with_graph(anchors, store)
-    if sampling == "all":
+    if sampling.mode == "all":
         order = torch.argsort(anchor_labels, stable=True)
         z = anchors[order]
         a_blocks = class_blocks(anchor_labels[order])
@@ -342,15 +337,7 @@ def memory_contrast_loss_blocks(
             z, store, a_blocks, list(blocks), 1.0 / tau, tau / tau_base, False
         )
     selection = select_memory_entries(
-        anchors,
-        anchor_labels,
-        store,
-        blocks,
-        sampling=sampling,
-        k=k,
-        top_fraction=top_fraction,
-        hard_fraction=hard_fraction,
-        generator=generator,
+        anchors, anchor_labels, store, blocks, sampling, generator=generator
     )
     return selected_contrast_loss(anchors, store, selection, tau=tau, tau_base=tau_base)
 

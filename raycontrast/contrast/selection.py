@@ -21,11 +21,53 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MemorySelection", "gather_similarity", "select_memory_entries"]
+from raycontrast.contrast import _chunking
 
-_CHUNK_ELEMENTS = 1 << 22  # similarity chunk (rows x entries) computed at once
-_BUFFER_ELEMENTS = 1 << 24  # running top-k buffers (rows x candidates) per pass
-_GATHER_ELEMENTS = 1 << 23  # gathered entries (rows x K x D) per step of gather_similarity
+__all__ = [
+    "SAMPLING_MODES",
+    "MemorySampling",
+    "MemorySelection",
+    "as_sampling",
+    "gather_similarity",
+    "select_memory_entries",
+]
+
+
+SAMPLING_MODES = ("all", "hardest", "semi_hard", "mixed")
+
+
+@dataclass(frozen=True)
+class MemorySampling:
+    """How each anchor's memory entries are chosen (SPEC.md ``memory_sampling``).
+
+    Args:
+        mode: ``all`` | ``hardest`` | ``semi_hard`` | ``mixed``.
+        k: entries of each kind per anchor (hardest/semi_hard), or in total (mixed).
+        top_fraction: semi_hard pool size as a fraction of the candidates.
+        hard_fraction: mixed: fraction of ``k`` that are hardest negatives.
+
+    Example:
+        >>> memory_contrast_loss(z, zl, q, ql, sampling=MemorySampling("semi_hard", k=512))
+    """
+
+    mode: str = "all"
+    k: int = 1024
+    top_fraction: float = 0.1
+    hard_fraction: float = 0.5
+
+    def __post_init__(self):
+        if self.mode not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.mode!r}")
+
+    @classmethod
+    def from_config(cls, cfg) -> MemorySampling:
+        """From the ``contrast`` config section (``memory_sampling``, ``k``, fractions)."""
+        return cls(cfg.memory_sampling, cfg.k, cfg.top_fraction, cfg.hard_fraction)
+
+
+def as_sampling(sampling: MemorySampling | str) -> MemorySampling:
+    """``MemorySampling(mode)`` for a mode name; a :class:`MemorySampling` unchanged."""
+    return sampling if isinstance(sampling, MemorySampling) else MemorySampling(sampling)
 
 
 @dataclass
@@ -41,7 +83,7 @@ class MemorySelection:
 
 
 def _chunk_ranges(blocks: Sequence[tuple[int, int, int]], rows: int):
-    step = max(1, _CHUNK_ELEMENTS // max(rows, 1))
+    step = _chunking.chunk_step(rows)
     for c, s0, s1 in blocks:
         for a in range(s0, s1, step):
             yield c, a, min(a + step, s1)
@@ -67,7 +109,7 @@ class _TopK:
 
 
 def _row_passes(n: int, width: int):
-    rows = max(1, _BUFFER_ELEMENTS // max(width, 1))
+    rows = max(1, _chunking.BUFFER_ELEMENTS // max(width, 1))
     for r in range(0, n, rows):
         yield r, min(r + rows, n)
 
@@ -113,10 +155,7 @@ def select_memory_entries(
     anchor_labels: Tensor,
     store: Tensor,
     blocks: Sequence[tuple[int, int, int]],
-    sampling: str,
-    k: int = 1024,
-    top_fraction: float = 0.1,
-    hard_fraction: float = 0.5,
+    sampling: MemorySampling | str,
     tau: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> MemorySelection:
@@ -125,16 +164,17 @@ def select_memory_entries(
     Args:
         anchors: ``(N, D)``; anchor_labels: ``(N,)``.
         store: ``(T, D)`` entries; ``blocks``: ``(class, start, stop)`` ranges of valid rows.
-        sampling: ``hardest`` | ``semi_hard`` | ``mixed``.
-        k: entries of each kind per anchor (hardest/semi_hard), or in total (mixed).
-        top_fraction: semi_hard pool size as a fraction of the candidates.
-        hard_fraction: mixed: fraction of ``k`` that are hardest negatives.
+        sampling: a :class:`MemorySampling` (or mode name) with mode ``hardest`` | ``semi_hard`` |
+            ``mixed``.
         tau: similarity scale (ranking is independent of it).
         generator: random source (semi_hard, mixed).
 
     Returns:
         A :class:`MemorySelection` with ``index (N, K)``.
     """
+    sampling = as_sampling(sampling)
+    mode, k = sampling.mode, sampling.k
+    top_fraction, hard_fraction = sampling.top_fraction, sampling.hard_fraction
     with torch.no_grad():
         z = anchors.detach().to(torch.float64 if anchors.dtype == torch.float64 else torch.float32)
         labels = anchor_labels
@@ -149,8 +189,8 @@ def select_memory_entries(
         )
         n_neg = total - class_count
 
-        if sampling in ("hardest", "semi_hard"):
-            if sampling == "hardest":
+        if mode in ("hardest", "semi_hard"):
+            if mode == "hardest":
                 neg_keep = torch.full_like(n_neg, k).clamp(max=total)
                 pool = int(min(k, total))
             else:
@@ -158,12 +198,12 @@ def select_memory_entries(
                 pool = int(neg_keep.max()) if n else 0
             neg_index = torch.zeros((n, min(k, max(pool, 1))), dtype=torch.long, device=device)
             neg_valid = torch.zeros_like(neg_index, dtype=torch.bool)
-            for r0, r1 in _row_passes(n, pool + _CHUNK_ELEMENTS // max(n, 1)):
+            for r0, r1 in _row_passes(n, pool + _chunking.CHUNK_ELEMENTS // max(n, 1)):
                 top = _stream_negatives(
                     z[r0:r1], labels[r0:r1], store, blocks, max(pool, 1), inv_tau
                 )
                 avail = torch.minimum(neg_keep[r0:r1], n_neg[r0:r1])
-                if sampling == "hardest":
+                if mode == "hardest":
                     idx = top.index[:, :k]
                     ok = torch.arange(idx.shape[1], device=device)[None, :] < avail[:, None]
                 else:
@@ -171,14 +211,14 @@ def select_memory_entries(
                 neg_index[r0:r1, : idx.shape[1]] = idx
                 neg_valid[r0:r1, : idx.shape[1]] = ok
             pos_index, pos_valid = _select_positives(
-                z, labels, store, blocks, per_class, sampling, k, top_fraction, inv_tau, generator
+                z, labels, store, blocks, per_class, mode, k, top_fraction, inv_tau, generator
             )
             index = torch.cat([neg_index, pos_index], 1)
             positive = torch.cat([torch.zeros_like(neg_valid), pos_valid], 1)
             negative = torch.cat([neg_valid, torch.zeros_like(pos_valid)], 1)
             return MemorySelection(index, positive, negative)
 
-        if sampling == "mixed":
+        if mode == "mixed":
             k_hard = round(hard_fraction * k)
             k_rand = k - k_hard
             entry_label = torch.full((store.shape[0],), -1, dtype=torch.long, device=device)
@@ -192,7 +232,7 @@ def select_memory_entries(
                     (n, min(k_hard, max(total, 1))), dtype=torch.long, device=device
                 )
                 hard_valid = torch.zeros_like(hard_index, dtype=torch.bool)
-                for r0, r1 in _row_passes(n, k_hard + _CHUNK_ELEMENTS // max(n, 1)):
+                for r0, r1 in _row_passes(n, k_hard + _chunking.CHUNK_ELEMENTS // max(n, 1)):
                     top = _stream_negatives(z[r0:r1], labels[r0:r1], store, blocks, k_hard, inv_tau)
                     w = top.index.shape[1]
                     hard_index[r0:r1, :w] = top.index
@@ -211,7 +251,7 @@ def select_memory_entries(
             return MemorySelection(
                 torch.cat(parts_index, 1), torch.cat(parts_pos, 1), torch.cat(parts_neg, 1)
             )
-    raise ValueError(f"sampling must be hardest, semi_hard or mixed, got {sampling!r}")
+    raise ValueError(f"sampling must be hardest, semi_hard or mixed, got {mode!r}")
 
 
 def _select_positives(
@@ -229,7 +269,9 @@ def _select_positives(
         rows = (labels == c).nonzero().squeeze(1)
         own = [blk for blk in blocks if blk[0] == c]
         keep = min(k, count) if sampling == "hardest" else math.ceil(count * top_fraction)
-        for r0, r1 in _row_passes(rows.numel(), keep + _CHUNK_ELEMENTS // max(rows.numel(), 1)):
+        for r0, r1 in _row_passes(
+            rows.numel(), keep + _chunking.CHUNK_ELEMENTS // max(rows.numel(), 1)
+        ):
             sub = rows[r0:r1]
             top = _stream_positives(z[sub], store, own, keep, inv_tau)
             if sampling == "hardest":
@@ -267,7 +309,7 @@ class _GatherSimilarity(torch.autograd.Function):
         n, kk = index.shape
         d = z.shape[1]
         out = z.new_empty((n, kk))
-        step = max(1, _GATHER_ELEMENTS // max(kk * d, 1))
+        step = max(1, _chunking.GATHER_ELEMENTS // max(kk * d, 1))
         for r in range(0, n, step):
             x = store[index[r : r + step]].detach().to(cdtype)
             out[r : r + step] = torch.einsum("nkd,nd->nk", x, z[r : r + step]) * scale

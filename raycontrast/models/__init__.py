@@ -18,7 +18,6 @@ from raycontrast.models.checkpoint import (
     load_segmentor,
     load_state_dict_strict,
     save_checkpoint,
-    unwrap_model,
 )
 from raycontrast.models.errors import CheckpointError, ModelError
 from raycontrast.models.export import export_checkpoint, export_model
@@ -30,6 +29,7 @@ from raycontrast.models.segmentor import (
     Segmentor,
     build_segmentor,
     deploy_model,
+    unwrap_model,
 )
 from raycontrast.models.sync_bn import convert_sync_batchnorm
 

@@ -13,7 +13,7 @@ from raycontrast.models.heads import FCNHead, build_head, resize
 from raycontrast.models.pretrained import load_pretrained_backbone
 from raycontrast.models.projection import ProjectionHead
 
-__all__ = ["DeployedSegmentor", "Segmentor", "build_segmentor", "deploy_model"]
+__all__ = ["DeployedSegmentor", "Segmentor", "build_segmentor", "deploy_model", "unwrap_model"]
 
 
 class DeployedSegmentor(nn.Module):
@@ -113,14 +113,21 @@ class Segmentor(nn.Module):
         return model.eval()
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP (``.module``) / ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def deploy_model(seg: Segmentor | nn.Module) -> DeployedSegmentor:
     """:meth:`Segmentor.deploy` that also unwraps DDP (``.module``) and ``torch.compile`` wrappers."""
-    while not isinstance(seg, Segmentor):
-        inner = getattr(seg, "module", None) or getattr(seg, "_orig_mod", None)
-        if inner is None:
-            raise TypeError(f"deploy_model expects a Segmentor, got {type(seg).__name__}")
-        seg = inner
-    return seg.deploy()
+    inner = unwrap_model(seg)
+    if not isinstance(inner, Segmentor):
+        raise TypeError(f"deploy_model expects a Segmentor, got {type(inner).__name__}")
+    return inner.deploy()
 
 
 def build_segmentor(cfg: ModelConfig, num_classes: int, projection: bool = True) -> Segmentor:

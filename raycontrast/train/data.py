@@ -84,7 +84,7 @@ def _torch_batches(cfg: ExperimentConfig, rank: int, world: int, start_iteration
         epoch, offset = epoch + 1, 0
 
 
-def _ray_data_batches(cfg: ExperimentConfig, world: int, start_iteration: int, device):
+def _ray_data_batches(cfg: ExperimentConfig, world: int, device):
     """Rows of this worker's Ray Data shard, augmented here with the same transforms as torch ingest.
 
     Ray Data streams cannot start mid-epoch: a resumed run starts a fresh pass over the shard.
@@ -126,7 +126,7 @@ def train_batches(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Endless ``(epoch, batch)`` pairs for this worker, starting where ``start_iteration`` left off."""
     if cfg.data.ingest == "ray_data":
-        return _ray_data_batches(cfg, world, start_iteration, device)
+        return _ray_data_batches(cfg, world, device)
     return _torch_batches(cfg, rank, world, start_iteration)
 
 

@@ -44,13 +44,11 @@ def step_losses(
     criterion: PixelContrastLoss | None = None,
     bank: MemoryBank | None = None,
     generator: torch.Generator | None = None,
-    poison: bool = False,
 ) -> StepLosses:
     """``CE(logits) [+ aux_weight * CE(aux)] + loss_weight * contrast`` for the model outputs ``out``.
 
     The contrast term is zero with a graph during the warm-up (and when nothing can be sampled), so
     the projection head always takes part in the backward pass (DDP needs every parameter used).
-    ``poison`` makes the contrast term NaN (``debug.nonfinite_at_iteration`` fault injection).
     """
     ignore = cfg.data.ignore_index
     logits = out["logits"].float()
@@ -67,8 +65,6 @@ def step_losses(
             out["embed"].float(), labels, logits, iteration, bank=bank, generator=generator
         )
         loss = contrast.loss
-        if poison:
-            loss = loss * float("nan")
         terms["contrast"] = loss
         terms.update(contrast.terms)
         total = total + cfg.contrast.loss_weight * loss

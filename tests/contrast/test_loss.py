@@ -7,6 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raycontrast.contrast import (
+    MemorySampling,
+    _chunking,
     class_blocks,
     inbatch_contrast_loss,
     memory_contrast_loss,
@@ -55,7 +57,7 @@ def test_memory_loss_matches_dense_reference(shape, tau, small_chunks):
     z, zl, q, ql = _data(seed, n, m, c, d)
     with pytest.MonkeyPatch.context() as mp:
         if small_chunks:  # force several chunks per class block and the online log-sum-exp merge
-            mp.setattr(loss_mod, "_CHUNK_ELEMENTS", 5)
+            mp.setattr(_chunking, "CHUNK_ELEMENTS", 5)
         ours = memory_contrast_loss(z, zl, q, ql, tau=tau, tau_base=0.07)
         ref = dense_contrast_loss(z, zl, q, ql, tau=tau, tau_base=0.07)
         _assert_close(ours.detach(), ref.detach())
@@ -71,7 +73,7 @@ def test_inbatch_loss_matches_dense_reference(shape, small_chunks):
     z, zl, _, _ = _data(seed, n, 0, c, d)
     with pytest.MonkeyPatch.context() as mp:
         if small_chunks:
-            mp.setattr(loss_mod, "_CHUNK_ELEMENTS", 3)
+            mp.setattr(_chunking, "CHUNK_ELEMENTS", 3)
         ours = inbatch_contrast_loss(z, zl)
         ref = dense_contrast_loss(z, zl, z, zl, exclude_self=True)
         _assert_close(ours.detach(), ref.detach())
@@ -216,11 +218,13 @@ def test_sampled_loss_matches_dense_reference_on_its_selection(shape, sampling, 
     blocks = class_blocks(ls)
     gen = torch.Generator().manual_seed(seed)
     if not (n and m):
-        out = memory_contrast_loss_blocks(z, zl, qs, blocks, sampling=sampling, k=k, generator=gen)
+        out = memory_contrast_loss_blocks(
+            z, zl, qs, blocks, sampling=MemorySampling(sampling, k=k), generator=gen
+        )
         assert out.item() == 0.0
         return
     sel = selection_mod.select_memory_entries(
-        z, zl, qs, blocks, sampling, k=k, top_fraction=0.3, generator=gen
+        z, zl, qs, blocks, MemorySampling(sampling, k=k, top_fraction=0.3), generator=gen
     )
     ours = loss_mod.selected_contrast_loss(z, qs, sel)
     pos, neg = _selection_masks(sel, n, m)
@@ -236,3 +240,13 @@ def test_no_nan_for_extreme_temperature():
         out = memory_contrast_loss(z.float(), zl, q.float(), ql, tau=tau)
         (g,) = torch.autograd.grad(out, z)
         assert math.isfinite(out.item()) and torch.isfinite(g).all()
+
+
+def test_double_backward_raises_instead_of_returning_zeros():
+    z, zl, q, ql = _data(1, 6, 20, 3, 4)
+    out = memory_contrast_loss(z, zl, q, ql)
+    # a grad_output that needs a gradient makes autograd build a graph through backward
+    w = torch.ones((), dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(out, z, grad_outputs=w, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        (g**2).sum().backward()  # e.g. a gradient penalty: must not silently give no z gradient

@@ -6,8 +6,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raycontrast.contrast import class_blocks, gather_similarity, select_memory_entries
-from raycontrast.contrast import selection as selection_mod
+from raycontrast.contrast import (
+    MemorySampling,
+    _chunking,
+    class_blocks,
+    gather_similarity,
+    select_memory_entries,
+)
 
 
 def _setup(seed, n, m, c, d=6):
@@ -40,9 +45,9 @@ def test_hardest_picks_the_k_most_similar_negatives_and_least_similar_positives(
     z, zl, q, ql, blocks = _setup(seed, n, m, c)
     with pytest.MonkeyPatch.context() as mp:
         if tiny_chunks:
-            mp.setattr(selection_mod, "_CHUNK_ELEMENTS", 4)
-            mp.setattr(selection_mod, "_BUFFER_ELEMENTS", 16)
-        sel = select_memory_entries(z, zl, q, blocks, "hardest", k=k)
+            mp.setattr(_chunking, "CHUNK_ELEMENTS", 4)
+            mp.setattr(_chunking, "BUFFER_ELEMENTS", 16)
+        sel = select_memory_entries(z, zl, q, blocks, MemorySampling("hardest", k=k))
     s = z @ q.T
     for i in range(n):
         negs = [j for j in range(m) if ql[j] != zl[i]]
@@ -60,16 +65,14 @@ def test_semi_hard_draws_k_from_the_top_fraction(case, top_fraction, tiny_chunks
     z, zl, q, ql, blocks = _setup(seed, n, m, c)
     with pytest.MonkeyPatch.context() as mp:
         if tiny_chunks:
-            mp.setattr(selection_mod, "_CHUNK_ELEMENTS", 4)
-            mp.setattr(selection_mod, "_BUFFER_ELEMENTS", 16)
+            mp.setattr(_chunking, "CHUNK_ELEMENTS", 4)
+            mp.setattr(_chunking, "BUFFER_ELEMENTS", 16)
         sel = select_memory_entries(
             z,
             zl,
             q,
             blocks,
-            "semi_hard",
-            k=k,
-            top_fraction=top_fraction,
+            MemorySampling("semi_hard", k=k, top_fraction=top_fraction),
             generator=torch.Generator().manual_seed(seed),
         )
     s = z @ q.T
@@ -96,9 +99,7 @@ def test_mixed_is_hardest_negatives_plus_random_entries(case, hard_fraction):
         zl,
         q,
         blocks,
-        "mixed",
-        k=k,
-        hard_fraction=hard_fraction,
+        MemorySampling("mixed", k=k, hard_fraction=hard_fraction),
         generator=torch.Generator().manual_seed(seed),
     )
     k_hard = round(hard_fraction * k)
@@ -119,7 +120,12 @@ def test_semi_hard_and_mixed_are_random_but_reproducible():
 
     def run(seed):
         return select_memory_entries(
-            z, zl, q, blocks, "mixed", k=20, generator=torch.Generator().manual_seed(seed)
+            z,
+            zl,
+            q,
+            blocks,
+            MemorySampling("mixed", k=20),
+            generator=torch.Generator().manual_seed(seed),
         ).index
 
     assert torch.equal(run(1), run(1))
@@ -132,7 +138,7 @@ def test_gather_similarity_matches_dense_and_its_gradients():
     q = torch.randn(30, 5, dtype=torch.float64, generator=g).requires_grad_()
     idx = torch.randint(0, 30, (9, 7), generator=g)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(selection_mod, "_GATHER_ELEMENTS", 40)  # several row steps
+        mp.setattr(_chunking, "GATHER_ELEMENTS", 40)  # several row steps
         ours = gather_similarity(z, q, idx, 2.0)
     ref = torch.einsum("nd,nkd->nk", z, q[idx]) * 2.0
     torch.testing.assert_close(ours, ref)

@@ -9,6 +9,7 @@ from raycontrast.config import load_config
 from raycontrast.contrast import MemoryBank, PixelContrastLoss
 from raycontrast.models import build_segmentor
 from raycontrast.train.data import ShardSampler, steps_per_epoch
+from raycontrast.train.debug import DebugHooks, poison_contrast
 from raycontrast.train.logger import RunLogger, format_eta
 from raycontrast.train.loop import _has_unused_parameters, _poly
 from raycontrast.train.losses import cross_entropy, step_losses
@@ -43,8 +44,11 @@ def test_poisoned_contrast_term_is_named():
     out = model(torch.randn(2, 3, 64, 64))
     labels = torch.randint(0, 7, (2, 64, 64))
     bank = MemoryBank(7, cfg.model.proj_dim, 10)
-    losses = step_losses(cfg, out, labels, 0, PixelContrastLoss(cfg.contrast), bank, poison=True)
-    assert not math.isfinite(losses.total.item())
+    clean = step_losses(cfg, out, labels, 0, PixelContrastLoss(cfg.contrast), bank)
+    hooks = DebugHooks(cfg.debug, "unused", rank=0)
+    assert hooks.after_losses(3, clean) is clean  # fault injection off: the losses pass untouched
+    losses = poison_contrast(clean)
+    assert math.isfinite(clean.total.item()) and not math.isfinite(losses.total.item())
     assert [k for k, v in losses.terms.items() if not torch.isfinite(v)] == ["contrast"]
 
 

@@ -216,17 +216,14 @@ def memory_loss_stats(
 
 
 def pca_2d(vec: Tensor) -> Tensor:
-    """The first two principal components of ``vec (N, D)`` as ``(N, 2)`` coordinates (SVD of the
-    centred data; each axis's sign fixed so its largest loading is positive, for stable pictures)."""
-    x = vec.double()
-    x = x - x.mean(0)
-    if x.shape[0] < 2:
-        return x.new_zeros((x.shape[0], 2)).float()
-    _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    axes = vh[:2]
+    """The first two principal components of ``vec (N, D)`` as ``(N, 2)`` coordinates (eigenvectors of
+    the ``D x D`` covariance; each axis's sign fixed so its largest loading is positive, for stable
+    pictures)."""
+    x = vec.float() - vec.float().mean(0)
+    if x.shape[0] < 2 or x.shape[1] < 2:
+        return torch.zeros((x.shape[0], 2))
+    _, eigvec = torch.linalg.eigh((x.T @ x).double())  # ascending eigenvalues
+    axes = eigvec[:, [-1, -2]].T
     sign = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))
     axes = axes * torch.where(sign == 0, 1.0, sign)
-    xy = x @ axes.T
-    if xy.shape[1] < 2:
-        xy = torch.cat([xy, xy.new_zeros((xy.shape[0], 2 - xy.shape[1]))], 1)
-    return xy.float()
+    return x @ axes.float().T

@@ -26,27 +26,99 @@ from raycontrast.train.logger import write_plots
 from raycontrast.train.loop import NonFiniteLoss, train_loop_per_worker
 
 __all__ = [
+    "ClusterUnreachable",
     "TrainingInterrupted",
+    "WorkerFailure",
     "check_data",
     "check_storage",
     "connect",
+    "dry_run",
     "run_dir_of",
     "run_training",
 ]
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long the driver tries to reach a cluster's address before giving up with an error."""
 
 
 class TrainingInterrupted(RuntimeError):
     """The run was aborted before finishing (e.g. Ctrl-C in the driver); rerunning resumes it."""
 
 
+class WorkerFailure(RuntimeError):
+    """A Train worker failed (after ``train.max_failures`` restarts); the message is one line: the
+    cause, the run directory and where the worker logs are."""
+
+
+class ClusterUnreachable(ConfigError):
+    """``--address`` / ``$RAY_ADDRESS`` names a cluster that cannot be reached."""
+
+
+def _check_reachable(address: str, source: str) -> None:
+    """A TCP connection to ``host:port`` of ``address`` within :data:`CONNECT_TIMEOUT_S` (``ray.init``
+    itself retries for minutes); ``auto``/``local`` and addresses without a port are left to Ray."""
+    import socket
+    from urllib.parse import urlsplit
+
+    target = address if "://" in address else f"tcp://{address}"
+    try:
+        parts = urlsplit(target)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        if address.strip() in ("auto", "local"):
+            return
+        raise ClusterUnreachable(
+            f"{source}={address!r} is not a Ray address: expected host:port (the head's GCS, e.g. "
+            "10.0.0.5:6379), ray://host:10001, or auto"
+        )
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise ClusterUnreachable(
+            f"cannot reach the Ray cluster at {source}={address} ({reason} after at most "
+            f"{CONNECT_TIMEOUT_S:g}s): check the head's address and port and that the cluster is "
+            "up, or leave the address unset to start a local Ray instance"
+        ) from None
+
+
+def _address(address: str | None) -> tuple[str | None, str]:
+    """The cluster address to use and where it came from (``--address`` or ``$RAY_ADDRESS``)."""
+    if address:
+        return address, "--address"
+    return os.environ.get("RAY_ADDRESS") or None, "$RAY_ADDRESS"
+
+
+def check_address(address: str | None = None) -> None:
+    """Fail fast (within :data:`CONNECT_TIMEOUT_S`) when ``address`` / ``$RAY_ADDRESS`` names a host
+    that does not answer; a no-op without an address or when Ray is already initialised."""
+    address, source = _address(address)
+    if address and not ray.is_initialized():
+        _check_reachable(address, source)
+
+
 def connect(address: str | None = None) -> None:
     """Attach to ``address`` / ``$RAY_ADDRESS`` (a cluster, or the job's cluster under ``ray job
-    submit``), else start a local Ray instance. No-op when Ray is already initialised."""
+    submit``), else start a local Ray instance. No-op when Ray is already initialised.
+
+    Raises:
+        ClusterUnreachable: the address cannot be reached within :data:`CONNECT_TIMEOUT_S` (or Ray
+            finds no cluster there).
+    """
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address, source = _address(address)
     if address:
-        ray.init(address=address)
+        _check_reachable(address, source)
+        try:
+            ray.init(address=address)
+        except (ConnectionError, TimeoutError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ClusterUnreachable(
+                f"cannot attach to the Ray cluster at {source}={address}: {first}"
+            ) from None
     else:
         # the dashboard (loopback only) serves the state API that Ray Train's controller polls
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
@@ -125,17 +197,30 @@ def run_training(
         address: Ray cluster address (default: ``$RAY_ADDRESS``, else a local instance).
         callbacks: extra Ray Train callbacks (Tune passes its report callback).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from raycontrast.train.preflight import check_resources, preflight
+
     t0 = time.perf_counter()
-    check_storage(cfg.storage_path)
-    check_data(cfg)
-    connect(address)
+    check_address(address)  # an unreachable cluster fails in seconds, before the other checks
+    checked = preflight(cfg, cluster=False)  # every check that needs no cluster, before connecting
+    for warning in checked.warnings:
+        print(f"[{cfg.name}] warning: {warning}", flush=True)
     storage_path = storage.resolve(cfg.storage_path)
     run_dir = storage.join(storage_path, cfg.name)
+    finished = _finished_summary(cfg, run_dir)
+    if finished is not None and not callbacks:
+        return _print_finished(cfg, run_dir, finished)
+    connect(address)
+    check_resources(cfg)
     storage.makedirs(run_dir)
-    check_resume(cfg, run_dir)
 
     actor_name = actor = None  # the handle must stay referenced while training runs
     uses_bank = cfg.contrast.enabled and memory_kinds(cfg.contrast)
@@ -201,8 +286,15 @@ def run_training(
         f"worker(s), bank {cfg.bank.mode if uses_bank else 'off'}; run dir {run_dir}",
         flush=True,
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        raise WorkerFailure(_failure_line(cfg, run_dir, err)) from None
     del actor
+    if result.error is not None and result.return_value is None:
+        raise WorkerFailure(_failure_line(cfg, run_dir, result.error))
+    if finished is not None:  # a Tune trial of a finished run: keep its record
+        return _print_finished(cfg, run_dir, finished)
     if result.return_value is None and result.error is None:
         raise TrainingInterrupted(
             f"{cfg.name}: training was aborted (Ctrl-C); rerun the same command to resume from the "
@@ -215,6 +307,110 @@ def run_training(
         )
     summary = _summarise(cfg, run_dir, out, result, time.perf_counter() - t0)
     return summary
+
+
+def _registered_iteration(run_dir: str) -> int | None:
+    """The iteration of the latest checkpoint Ray Train registered for the run, if any."""
+    uri = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+    try:
+        if not storage.exists(uri):
+            return None
+        latest = json.loads(storage.read_bytes(uri))["latest_checkpoint_result"]
+        return int(latest["metrics"]["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _finished_summary(cfg: ExperimentConfig, run_dir: str) -> dict[str, Any] | None:
+    """The ``summary.json`` of a run that already trained all ``train.iterations`` (else ``None``)."""
+    done = _registered_iteration(run_dir)
+    if done is None or done < cfg.train.iterations:
+        return None
+    uri = storage.join(run_dir, "summary.json")
+    try:
+        if not storage.exists(uri):
+            return None
+        summary = json.loads(storage.read_bytes(uri))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _print_finished(cfg: ExperimentConfig, run_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Rerunning a finished run changes nothing: print its record, leave ``summary.json`` as it is."""
+    from raycontrast.eval import format_table
+
+    per_class = summary.get("per_class_IoU") or {}
+    if isinstance(per_class, dict) and per_class:
+        metrics = {k: summary.get(k) for k in ("mIoU", "mAcc", "aAcc", "fwIoU")}
+        print(format_table({**metrics, "IoU": list(per_class.values())}, list(per_class)))
+    miou = summary.get("mIoU")
+    print(
+        f"[{cfg.name}] already finished ({summary.get('iterations')} iterations"
+        + (f", mIoU {100 * miou:.2f}" if isinstance(miou, (int, float)) else "")
+        + f"); nothing to do. Summary: {storage.join(run_dir, 'summary.json')} (kept). Raise "
+        "train.iterations to train further, or choose another name for a new run",
+        flush=True,
+    )
+    return summary
+
+
+def _logs_dir() -> str:
+    """This node's Ray log folder (worker stdout/stderr: ``worker-*.out/.err``)."""
+    try:
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:  # not connected, or Ray internals moved
+        return "the Ray session's logs folder (ray logs / the dashboard)"
+
+
+def _failure_line(cfg: ExperimentConfig, run_dir: str, err: BaseException) -> str:
+    """One line for a run that failed in its workers: the cause, the run dir, the worker logs."""
+    failures = getattr(err, "worker_failures", None) or {}
+    if failures:
+        rank, exc = sorted(failures.items())[0]
+        cause = f"rank {rank}: {_one_line(exc)}"
+    else:
+        cause = _one_line(getattr(err, "controller_failure", None) or err)
+    return (
+        f"{cfg.name}: training failed after {cfg.train.max_failures} restart(s) "
+        f"(train.max_failures) - {cause}. Run dir: {run_dir} (workers/rank-N.json name each "
+        f"worker's node and pid); worker logs: {_logs_dir()} (worker-*.err)"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of the innermost error, on one line (no traceback)."""
+    inner = getattr(exc, "cause", None)  # RayTaskError wraps the user's exception
+    if isinstance(inner, BaseException):
+        exc = inner
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # a traceback in the text: its last line is "Type: message"
+    text = lines[-1] if lines and lines[0].startswith("Traceback") else (lines[0] if lines else "")
+    text = text[:400]
+    name = type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+def dry_run(cfg: ExperimentConfig, address: str | None = None) -> Any:
+    """``raycontrast train --dry-run``: every check of a run, then print the resolved config and the
+    resources it would take. Attaches to ``address`` / ``$RAY_ADDRESS`` when given (to compare with
+    that cluster), else compares with what a local Ray instance would offer, without starting one.
+
+    Returns:
+        The :class:`~raycontrast.train.preflight.Preflight` report.
+    """
+    from raycontrast.train.preflight import check_resources, local_capacity, preflight
+
+    check_address(address)
+    report = preflight(cfg, cluster=False)
+    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        connect(address)
+        report.resources, report.cluster = check_resources(cfg)
+    else:
+        report.resources, report.cluster = check_resources(cfg, available=local_capacity())
+    print(report.describe(), flush=True)
+    print(f"[{cfg.name}] dry run: every check passed; run dir {run_dir_of(cfg)}", flush=True)
+    return report
 
 
 def _summarise(
@@ -240,6 +436,7 @@ def _summarise(
         "skipped_samples": out.get("skipped_samples"),
         "skipped_steps": out.get("skipped_steps"),
         "bank": out.get("bank"),
+        "bank_health": out.get("bank_health"),  # the last evaluation's bank metrics
         "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
         "best_checkpoint": _best_path(result),
         "run_dir": run_dir,

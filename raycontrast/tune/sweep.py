@@ -39,7 +39,7 @@ from raycontrast.config import (
     read_yaml_mapping,
 )
 
-__all__ = ["SPACE_KINDS", "SchedulerConfig", "Sweep", "SweepConfig", "load_sweep"]
+__all__ = ["SPACE_KINDS", "SchedulerConfig", "Sweep", "SweepConfig", "check_sweep", "load_sweep"]
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -113,6 +113,14 @@ class Sweep:
             f"storage_path={storage.join(self.root, 'runs')}",
         ]
         return load_config(self.base_path, overrides)
+
+    def metrics(self) -> list[tuple[str, str]]:
+        """``(name, field)`` of what the sweep reads from the trials' reports: its metric and, with
+        ASHA, the progress measure."""
+        out = [(self.config.metric, "metric")]
+        if self.config.scheduler.type == "asha":
+            out.append((self.config.scheduler.time_attr, "scheduler.time_attr"))
+        return out
 
     def tune_space(self) -> dict[str, Any]:
         """The search space as Ray Tune domains (keys are the dotted config keys)."""
@@ -214,6 +222,13 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
                 raise ConfigError(
                     f"{path}: search_space.{key}: value {value!r} is invalid: {err}"
                 ) from None
+    from raycontrast.train.preflight import check_metric
+
+    for name, what in sweep.metrics():
+        try:
+            check_metric(name, base, what)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     if cfg.scheduler.type == "asha" and cfg.scheduler.time_attr == "iteration":
         max_t = cfg.scheduler.max_t or base.train.iterations
         if cfg.scheduler.grace_period > max_t:
@@ -221,3 +236,39 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
                 f"{path}: scheduler.grace_period={cfg.scheduler.grace_period} exceeds max_t={max_t}"
             )
     return sweep
+
+
+def check_sweep(sweep: Sweep, address: str | None = None, cluster: bool = True) -> Any:
+    """Every check of a sweep before any trial starts (``raycontrast tune --dry-run`` and
+    :func:`~raycontrast.tune.run_sweep`): the base trial's :func:`~raycontrast.train.preflight.preflight`
+    (data, model on the meta device, storage), the metric, and the resources of one trial
+    (``trial_cpus`` + its Train workers) against the cluster (``address`` / ``$RAY_ADDRESS`` when
+    given, else what a local Ray instance would offer, without starting one).
+
+    Returns:
+        The base trial's :class:`~raycontrast.train.preflight.Preflight`.
+    """
+    import os
+
+    import ray
+
+    from raycontrast.train.preflight import check_resources, local_capacity, preflight
+
+    report = preflight(
+        sweep.trial_config({}, "probe"),
+        metrics=sweep.metrics(),
+        driver_cpus=sweep.config.trial_cpus,
+        cluster=False,
+    )
+    if cluster:
+        available = None
+        if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+            from raycontrast.train import connect
+
+            connect(address)
+        else:
+            available = local_capacity()
+        report.resources, report.cluster = check_resources(
+            report.config, sweep.config.trial_cpus, available
+        )
+    return report

@@ -1,0 +1,264 @@
+"""Checks the driver runs before Ray Train starts any worker (and what ``--dry-run`` prints).
+
+A mistake found inside the workers costs a worker-group start, ``train.max_failures`` retries and a
+traceback; found here it is one line naming the key. :func:`preflight` runs every check:
+
+* the config's warnings (valid settings that are probably a mistake);
+* storage (a relative ``storage_path`` under ``ray job submit``), the dataset root and splits;
+* the model, built on the ``meta`` device (no memory, no compute; well under a second for HRNet-W48):
+  unknown backbone (with close timm names), an ``output_stride`` the backbone cannot produce, bad
+  ``out_indices``, heads that do not fit, a ``model.pretrained`` file that is missing or whose keys or
+  shapes do not fit the backbone;
+* a rerun's checkpoint against the config (architecture and class count);
+* the metrics a sweep or study optimises, against what training reports;
+* the resources: ``train.num_workers`` x (``train.cpus_per_worker`` CPUs, 1 GPU) (+ a trial driver's
+  CPUs) against the cluster (``ray.cluster_resources()``, or an autoscaling cluster's maximum).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import yaml
+
+from raycontrast.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_to_dict,
+    config_warnings,
+    did_you_mean,
+)
+
+__all__ = [
+    "BANK_METRICS",
+    "REPORTED_METRICS",
+    "Preflight",
+    "check_metric",
+    "check_model",
+    "check_resources",
+    "cluster_capacity",
+    "local_capacity",
+    "preflight",
+    "requested_resources",
+]
+
+REPORTED_METRICS = ("iteration", "epoch", "mIoU", "mAcc", "aAcc", "fwIoU", "best_mIoU", "loss")
+"""What every evaluation of a training run reports (``ray.train.report``, Tune)."""
+BANK_METRICS = ("bank_bytes_per_step", "bank_entries", "bank_replicas_identical")
+"""Reported in addition when the run has a shared memory bank."""
+_TUNE_METRICS = ("training_iteration", "time_total_s", "time_this_iter_s")
+
+
+@dataclass
+class Preflight:
+    """What the checks found: the resolved config, the model size and the resources a run takes.
+
+    Args:
+        config: the experiment.
+        num_classes: classes of the dataset.
+        parameters: trainable parameters of the model (with its projection head when used).
+        resources: what the run asks for (``CPU``, ``GPU``; a Tune trial's driver CPUs included).
+        cluster: what the cluster offers (``None`` when Ray was not consulted).
+        warnings: the config's warnings.
+    """
+
+    config: ExperimentConfig
+    num_classes: int
+    parameters: int
+    resources: dict[str, float]
+    cluster: dict[str, float] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """The resolved config (YAML) and the resources, as ``--dry-run`` prints them."""
+        cfg = self.config
+        lines = [
+            yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip(),
+            "",
+            f"model: {cfg.model.backbone} + {cfg.model.head}, {self.num_classes} classes, "
+            f"{self.parameters / 1e6:.2f}M parameters",
+            f"resources: {_describe_resources(self.resources)} "
+            f"({max(cfg.train.num_workers, 1)} worker(s))"
+            + (f"; cluster offers {_describe_resources(self.cluster)}" if self.cluster else ""),
+        ]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _describe_resources(res: Mapping[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in res.items() if k in ("CPU", "GPU")) or "nothing"
+
+
+def check_model(cfg: ExperimentConfig, num_classes: int) -> int:
+    """Build the model on the ``meta`` device (no weights are allocated); returns its parameter count.
+
+    A local ``model.pretrained`` file is read and its keys and shapes checked against the backbone.
+    ``model.pretrained=true`` (the hub) is not downloaded here; with ``HF_HUB_OFFLINE`` set it fails.
+
+    Raises:
+        ModelError: unknown backbone, unsupported ``output_stride`` or ``out_indices``, a head that
+            does not fit the backbone, a missing or unfitting pretrained file.
+    """
+    import dataclasses
+
+    from raycontrast.models import build_segmentor
+    from raycontrast.models.backbone import _hub_error, hub_offline
+
+    model_cfg = cfg.model
+    if model_cfg.pretrained is True:
+        if hub_offline():
+            raise _hub_error(model_cfg.backbone, None)
+        model_cfg = dataclasses.replace(model_cfg, pretrained=False)
+    with warnings.catch_warnings():
+        # loading a weights file into meta tensors is a (wanted) no-op that torch warns about
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.device("meta"):
+            model = build_segmentor(model_cfg, num_classes, projection=cfg.contrast.enabled)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def check_metric(metric: str, cfg: ExperimentConfig | None = None, what: str = "metric") -> None:
+    """Refuse a metric that training never reports (a sweep on it would record NaN for every trial).
+
+    Args:
+        metric: the metric name (``mIoU``, ...).
+        cfg: the experiment (bank metrics count only when it has a bank).
+        what: how the caller names the field in messages (``"sweep metric"``, ``"scheduler.time_attr"``).
+    """
+    known = [*REPORTED_METRICS, *_TUNE_METRICS]
+    uses_bank = cfg is None or (cfg.contrast.enabled and cfg.contrast.memory != "none")
+    if uses_bank:
+        known += BANK_METRICS
+    if metric in known:
+        return
+    same = [k for k in known if k.lower() == str(metric).lower()]
+    hint = f"; did you mean {same[0]!r}?" if same else did_you_mean(metric, known)
+    raise ConfigError(
+        f"{what} {metric!r} is never reported by training{hint} (reported: "
+        f"{', '.join(REPORTED_METRICS)}{', ' + ', '.join(BANK_METRICS) if uses_bank else ''})"
+    )
+
+
+def requested_resources(cfg: ExperimentConfig, driver_cpus: float = 0.0) -> dict[str, float]:
+    """CPUs and GPUs a run takes: its Train workers (``num_workers=0`` runs in the driver) plus
+    ``driver_cpus`` (a Tune trial's driver)."""
+    workers = cfg.train.num_workers
+    res = {"CPU": workers * cfg.train.cpus_per_worker + driver_cpus}
+    if cfg.train.use_gpu:
+        res["GPU"] = float(max(workers, 1))
+    return res
+
+
+def local_capacity() -> dict[str, float]:
+    """What a local Ray instance started here would offer (the CPUs and GPUs Ray detects), without
+    starting one."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        cpus = float(get_num_cpus())  # cgroup / container limits included
+    except Exception:  # pragma: no cover - Ray internals moved
+        import os
+
+        cpus = float(os.cpu_count() or 1)
+    gpus = float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def cluster_capacity() -> dict[str, float]:
+    """Resources of the connected cluster: its current total, raised to the autoscaler's maximum
+    when the cluster publishes one (``ray up`` clusters whose GPU workers start on demand)."""
+    import ray
+
+    total = {k: float(v) for k, v in ray.cluster_resources().items()}
+    try:
+        from ray._private.state import state
+
+        maximum = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # not published (a static cluster, a local instance)
+        maximum = {}
+    for key, value in maximum.items():
+        total[key] = max(total.get(key, 0.0), float(value))
+    return total
+
+
+def check_resources(
+    cfg: ExperimentConfig,
+    driver_cpus: float = 0.0,
+    available: Mapping[str, float] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Refuse a run the cluster can never place, naming the numbers.
+
+    Args:
+        cfg: the experiment.
+        driver_cpus: CPUs of a Tune trial's driver, on top of the workers.
+        available: the cluster's resources (default: asked from the connected Ray cluster).
+
+    Returns:
+        ``(requested, available)``.
+    """
+    need = requested_resources(cfg, driver_cpus)
+    have = dict(available) if available is not None else cluster_capacity()
+    t = cfg.train
+    if t.use_gpu and have.get("GPU", 0.0) < need["GPU"]:
+        raise ConfigError(
+            f"train.use_gpu=true asks for {need['GPU']:g} GPU(s) (one per worker, "
+            f"train.num_workers={t.num_workers}) but the cluster has {have.get('GPU', 0.0):g}; set "
+            "train.use_gpu=false, or run on a cluster with GPUs (--address)"
+        )
+    if need["CPU"] > have.get("CPU", 0.0) + 1e-9:
+        driver = f" + {driver_cpus:g} for the trial's driver" if driver_cpus else ""
+        raise ConfigError(
+            f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker:g}"
+            f"{driver} = {need['CPU']:g} CPUs, but the cluster has {have.get('CPU', 0.0):g}; lower "
+            "train.num_workers or train.cpus_per_worker (fractions such as 0.5 work)"
+        )
+    return need, have
+
+
+def preflight(
+    cfg: ExperimentConfig,
+    metrics: Sequence[tuple[str, str]] = (),
+    driver_cpus: float = 0.0,
+    cluster: bool | None = None,
+) -> Preflight:
+    """Every check a run needs before Ray Train starts workers; raises on the first failure.
+
+    ``raycontrast train/tune --dry-run`` and the study command call it; :func:`run_training` calls it
+    before every run.
+
+    Args:
+        cfg: the experiment.
+        metrics: ``(name, what)`` pairs a sweep or study optimises or schedules on, e.g.
+            ``[("mIoU", "sweep metric"), ("iteration", "scheduler.time_attr")]``.
+        driver_cpus: CPUs of a Tune trial's driver (sweeps, studies).
+        cluster: check resources against the connected Ray cluster; ``None``: when Ray is initialised.
+
+    Returns:
+        A :class:`Preflight` (``describe()`` prints the resolved config and resources).
+
+    Raises:
+        ConfigError: (and its subclasses ModelError, CheckpointError) or DatasetError, naming the key
+            or file.
+    """
+    from raycontrast.data import dataset_info
+    from raycontrast.train.launcher import check_data, check_resume, check_storage, run_dir_of
+
+    check_storage(cfg.storage_path)
+    check_data(cfg)
+    num_classes = int(dataset_info(cfg.data).num_classes)
+    parameters = check_model(cfg, num_classes)
+    check_resume(cfg, run_dir_of(cfg))
+    for name, what in metrics:
+        check_metric(name, cfg, what)
+    need = requested_resources(cfg, driver_cpus)
+    have = None
+    if cluster is None:
+        import ray
+
+        cluster = ray.is_initialized()
+    if cluster:
+        need, have = check_resources(cfg, driver_cpus)
+    return Preflight(cfg, num_classes, parameters, need, have, config_warnings(cfg))

@@ -415,6 +415,7 @@ def write_val_samples(
     class_names: Sequence[str] | None = None,
     eval_cfg: EvalConfig | None = None,
     device: str | torch.device = "cpu",
+    height: int = 192,
 ) -> np.ndarray:
     """Predict ``samples`` and save the grid (image | ground truth | prediction | errors) to
     ``run_dir/plots/val_samples_<iteration, 6 digits>.png``.
@@ -433,7 +434,13 @@ def write_val_samples(
     images = [denormalize(x, mean, std) for x in samples.images]
     targets = [t.cpu().numpy() for t in samples.labels]
     grid = sample_grid(
-        images, targets, preds, class_palette(num_classes, palette), ignore_index, class_names
+        images,
+        targets,
+        preds,
+        class_palette(num_classes, palette),
+        ignore_index,
+        class_names,
+        height=height,
     )
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)

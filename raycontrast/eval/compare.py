@@ -105,6 +105,11 @@ def load_run(run_dir: str | Path) -> RunRecord:
     Raises:
         ReportError: the directory is missing or has none of the three files.
     """
+    if "://" in str(run_dir):
+        raise ReportError(
+            f"{run_dir}: report reads local (or NFS) run directories; copy the run's metrics.csv, "
+            "val.csv, summary.json and confusion.csv to a local folder first"
+        )
     path = Path(run_dir).expanduser()
     if not path.is_dir():
         raise ReportError(f"{path}: run directory not found")

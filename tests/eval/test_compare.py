@@ -108,6 +108,8 @@ def test_report_one_run_rebuilds_its_plots(two_runs, tmp_path, capsys):
 def test_report_errors(tmp_path):
     with pytest.raises(ReportError, match="run directory not found"):
         load_run(tmp_path / "missing")
+    with pytest.raises(ReportError, match="reads local"):
+        load_run("s3://bucket/runs/x")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match=r"empty: not a run directory \(expected metrics.csv"):
         load_run(tmp_path / "empty")

@@ -361,3 +361,71 @@ def test_sweep_metric_is_one_training_reports(capsys, tmp_path, metric, time_att
     assert code == 0, msg
     assert "resources: 1.25 CPU" in msg and "dry run: every check passed" in msg
     assert not (tmp_path / "sweeps").exists()
+
+
+# ------------------------------------------------------------------------ end to end (Ray Train)
+
+
+class _ReportedKeys:
+    """A Ray Train callback (it runs in the controller) that appends every reported key to a file."""
+
+    def __new__(cls, path):
+        from ray.train import UserCallback
+
+        class Writer(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                with open(path, "a") as f:
+                    f.write("\n".join(sorted(metrics[0])) + "\n")
+
+        return Writer()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_finished_run_keeps_its_summary(ray_session, capsys, tmp_path):
+    from raycontrast.config import DEFAULT_EXPERIMENT, load_config
+    from raycontrast.train import run_training
+    from raycontrast.train.preflight import BANK_METRICS, REPORTED_METRICS
+    from tests.train.conftest import TINY
+
+    overrides = [*TINY, "train.num_workers=1", "train.iterations=2", f"storage_path={tmp_path}"]
+    cfg = load_config(DEFAULT_EXPERIMENT, [*overrides, "name=done"])
+    keys = tmp_path / "keys.txt"
+    first = run_training(cfg, callbacks=[_ReportedKeys(keys)])
+    assert first["iterations"] == 2
+    # what the sweep / study metric check accepts is what training reports
+    reported = set(keys.read_text().split())
+    assert set(REPORTED_METRICS) | set(BANK_METRICS) <= reported, reported
+
+    summary = tmp_path / "done" / "summary.json"
+    before = snapshot(tmp_path / "done")
+    capsys.readouterr()
+    code, msg = run_cli(capsys, "train", DEFAULT_EXPERIMENT, *overrides, "name=done")
+    assert code == 0
+    assert "already finished (2 iterations" in msg and f"{summary} (kept)" in msg
+    assert_kept(before, tmp_path / "done")
+    assert json.loads(summary.read_text())["train_wall_s"] == first["train_wall_s"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_worker_failure_is_one_line(ray_session, capsys, tmp_path):
+    from raycontrast.config import DEFAULT_EXPERIMENT
+    from tests.train.conftest import TINY
+
+    code, msg = run_cli(
+        capsys,
+        "train",
+        DEFAULT_EXPERIMENT,
+        *TINY,
+        "train.num_workers=1",
+        "train.max_failures=0",
+        "debug.fail_at_iteration=1",
+        "name=fails",
+        f"storage_path={tmp_path}",
+    )
+    assert code == 1
+    (line,) = [ln for ln in msg.splitlines() if ln.startswith("raycontrast: error:")]
+    assert "fails: training failed after 0 restart(s)" in line
+    assert f"Run dir: {tmp_path / 'fails'}" in line and "worker logs:" in line
+    assert "Traceback" not in msg.split("raycontrast: error:")[-1]

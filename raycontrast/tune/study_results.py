@@ -4,44 +4,45 @@ Everything is computed from the run directories (``val.csv``, ``metrics.csv``, `
 the analysis can be redone at any time (``raycontrast study STUDY.yaml --analyse``), including on a
 study cut short: arms are compared over the seeds both have finished, and every table says how many.
 
-(The comparison of arbitrary runs — ``raycontrast report`` in :mod:`raycontrast.eval` — is written
-separately; the curve reading and plotting here can move there once both exist.)
+Run directories are read with :func:`raycontrast.eval.load_run` (what ``raycontrast report`` reads),
+and each regime's runs are also put side by side with :func:`raycontrast.eval.compare_runs`
+(``comparison[-<regime>]/``: every run's curves and per-class IoU bars).
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from raycontrast import storage
+from raycontrast.eval.compare import ReportError, RunRecord, compare_runs, load_run
 from raycontrast.tune.stats import paired_difference, summarize
 from raycontrast.tune.study import REPORTED_METRICS, Cell, Study, study_dict
 
-__all__ = ["analyse", "collect_runs", "read_curves", "write_results"]
-
-
-def _read_csv(uri: str) -> list[dict[str, str]]:
-    if not storage.exists(uri):
-        return []
-    text = storage.read_bytes(uri).decode()
-    return list(csv.DictReader(io.StringIO(text)))
+__all__ = ["analyse", "collect_runs", "load_record", "write_results"]
 
 
 def _num(x: Any) -> float:
     try:
-        return float(x)
+        return math.nan if x is None else float(x)
     except (TypeError, ValueError):
         return math.nan
 
 
-def read_curves(run_dir: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """``val.csv`` and ``metrics.csv`` rows of one run (empty lists when absent)."""
-    return _read_csv(storage.join(run_dir, "val.csv")), _read_csv(
-        storage.join(run_dir, "metrics.csv")
-    )
+def load_record(run_dir: str) -> RunRecord | None:
+    """The run's files (:func:`raycontrast.eval.load_run`), or ``None`` when it has not started."""
+    if storage.is_uri(run_dir):
+        raise ValueError(
+            f"{run_dir}: studies are analysed from a local or mounted (NFS) study directory; copy "
+            "it locally and run `raycontrast study STUDY.yaml storage_path=<local copy> --analyse`"
+        )
+    try:
+        return load_run(run_dir)
+    except ReportError:
+        return None
 
 
 def collect_runs(study: Study) -> list[dict[str, Any]]:
@@ -54,9 +55,8 @@ def collect_runs(study: Study) -> list[dict[str, Any]]:
     metric = study.config.metric
     rows = []
     for cell in study.cells():
-        run_dir = study.run_dir(cell)
         cfg = study.run_config(cell)
-        val, train = read_curves(run_dir)
+        record = load_record(study.run_dir(cell))
         row: dict[str, Any] = {
             "regime": cell.regime,
             "arm": cell.arm,
@@ -65,28 +65,24 @@ def collect_runs(study: Study) -> list[dict[str, Any]]:
             "iterations": 0,
             "target_iterations": cfg.train.iterations,
         }
+        val = [r for r in (record.val if record else []) if r.get("iteration") is not None]
         if not val:
             rows.append({**row, "status": "missing", f"final_{metric}": math.nan})
             continue
         last = val[-1]
+        iterations = int(last["iteration"])
         values = [_num(r.get(metric)) for r in val]
-        iterations = int(_num(last["iteration"]))
-        summary_path = storage.join(run_dir, "summary.json")
-        summary = (
-            json.loads(storage.read_bytes(summary_path)) if storage.exists(summary_path) else {}
-        )
+        best = max(values)
         row.update(
             iterations=iterations,
             status="completed" if iterations >= cfg.train.iterations else "incomplete",
-            best_iteration=int(_num(val[values.index(max(values))]["iteration"])),
-            final_ce=_num(train[-1].get("ce")) if train else math.nan,
-            train_wall_s=_num(summary.get("train_wall_s")),
+            best_iteration=int(val[values.index(best)]["iteration"]),
+            final_ce=_num(record.train[-1].get("ce")) if record.train else math.nan,
+            train_wall_s=_num(record.summary.get("train_wall_s")),
         )
         row.update({f"final_{m}": _num(last.get(m)) for m in REPORTED_METRICS})
-        row[f"best_{metric}"] = max(values)
-        for key, value in last.items():
-            if key.startswith("IoU/"):
-                row[key] = _num(value)
+        row[f"best_{metric}"] = best
+        row.update({f"IoU/{k}": _num(v) for k, v in record.per_class_iou().items()})
         rows.append(row)
     return rows
 
@@ -276,7 +272,8 @@ def study_markdown(study: Study, rows: list[dict[str, Any]], tables: dict[str, A
     lines += [
         "Files: `runs.csv` / `runs.parquet` (every run), `arms.csv`, `paired.csv`, `per_class.csv`, "
         f"`{m}_per_arm.png` (means with intervals), `curves.png` (validation {m} and training CE, "
-        "mean and interval band over seeds).",
+        "mean and interval band over seeds), `comparison*/` (every completed run side by side: "
+        "curves, per-class IoU bars).",
         "",
     ]
     return "\n".join(lines)
@@ -313,6 +310,15 @@ def write_results(study: Study) -> dict[str, Any]:
         json.dumps({"study": study_dict(study), **tables}, indent=2, default=str).encode(),
     )
     plots = _plots(study, rows, tables, out)
+    for regime in study.regimes:
+        done = [r for r in _ok(rows) if r["regime"] == regime]
+        if done and not storage.is_uri(out):
+            cmp = compare_runs(
+                [study.run_dir(Cell(r["arm"], regime, r["seed"])) for r in done],
+                Path(out) / ("comparison" + (f"-{regime}" if regime else "")),
+                labels=[f"{r['arm']}-s{r['seed']}" for r in done],
+            )
+            plots += [str(p) for p in cmp.files if p.suffix == ".png"]
     print(md, flush=True)
     print(f"study results in {out}", flush=True)
     return {"results_dir": out, "rows": rows, **tables, "plots": plots}
@@ -377,11 +383,13 @@ def _plots(study: Study, rows, tables, out: str) -> list[str]:
         for i, arm in enumerate(study.arms):
             curves = {"val": {}, "ce": {}}
             for seed in study.seeds:
-                val, train = read_curves(study.run_dir(Cell(arm, regime, seed)))
-                for r in val:
-                    curves["val"].setdefault(int(_num(r["iteration"])), []).append(_num(r.get(m)))
-                for r in train:
-                    curves["ce"].setdefault(int(_num(r["iteration"])), []).append(_num(r.get("ce")))
+                record = load_record(study.run_dir(Cell(arm, regime, seed)))
+                if record is None:
+                    continue
+                for key, rows_, field in (("val", record.val, m), ("ce", record.train, "ce")):
+                    for r in rows_:
+                        if r.get("iteration") is not None and r.get(field) is not None:
+                            curves[key].setdefault(int(r["iteration"]), []).append(r[field])
             for row, (key, label) in enumerate((("val", f"val {m} (%)"), ("ce", "training CE"))):
                 ax = axes[row][col]
                 its = sorted(curves[key])

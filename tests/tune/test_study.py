@@ -200,6 +200,9 @@ def test_analysis_matches_plain_computations_and_labels_a_partial_study(write_st
     for name in ("runs.csv", "arms.csv", "paired.csv", "per_class.csv", "mIoU_per_arm.png",
                  "curves.png"):  # fmt: skip
         assert (Path(out["results_dir"]) / name).stat().st_size > 0
+    # every completed run side by side, by raycontrast.eval.compare_runs
+    table = pd.read_csv(Path(out["results_dir"]) / "comparison" / "runs.csv")
+    assert sorted(table["run"]) == ["ce-s0", "ce-s1", "contrast-s0", "contrast-s1", "contrast-s2"]
 
 
 @pytest.mark.ray

@@ -201,3 +201,19 @@ def test_write_confusion_saves_counts_and_heatmap(tmp_path):
     png.unlink()
     written = write_plots(tmp_path, ["road", "car"], [0.5, 0.6])  # redrawn from confusion.csv
     assert png in written and png.is_file()
+
+
+def test_grid_reaches_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from raycontrast.train.logger import RunLogger
+
+    grid = sample_grid([np.zeros((8, 8, 3), np.uint8)], [np.zeros((8, 8), int)],
+                       [np.ones((8, 8), int)], PALETTE, height=8)  # fmt: skip
+    logger = RunLogger(str(tmp_path), "t", 0, 10, ["a", "b", "c"])
+    logger.val_samples(5, grid)
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    (image,) = events.Images("val/samples")
+    assert image.step == 5 and (image.width, image.height) == (grid.shape[1], grid.shape[0])

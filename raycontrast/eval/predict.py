@@ -422,9 +422,10 @@ def _safe_name(name: str, origin: str) -> str:
     return "/".join(parts)
 
 
-def list_inputs(source: str | Path) -> list[_Input]:
+def list_inputs(source: str | Path, exclude: str | Path | None = None) -> list[_Input]:
     """The images of ``source``: one image file, a folder of images (recursive), or Parquet shards
-    (a ``.parquet`` file, or a folder of them such as ``raycontrast convert``'s output).
+    (a ``.parquet`` file, or a folder of them such as ``raycontrast convert``'s output). Files under
+    ``exclude`` (the output folder, when it lies inside the input folder) are left out.
 
     Raises:
         PredictError: missing path, a folder without images or shards, a non-image file, or two
@@ -444,6 +445,9 @@ def list_inputs(source: str | Path) -> list[_Input]:
             )
     else:
         files = _image_files(path)
+        if exclude is not None:
+            skip = Path(exclude).expanduser().resolve()
+            files = [f for f in files if not f.resolve().is_relative_to(skip)]
         if files:
             inputs = [
                 _Input(
@@ -545,7 +549,7 @@ def predict(
     out_dir = Path(out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise PredictError(f"--out {out_dir}: is a file; expected a folder (created if missing)")
-    inputs = list_inputs(source)
+    inputs = list_inputs(source, exclude=out_dir)
     predictor = load_predictor(model, overrides, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     palette = predictor.palette

@@ -247,6 +247,9 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path):
     assert result["images"] == 3 and len(result["skipped"]) == 1
     assert "broken.png" in result["skipped"][0]
     assert (tmp_path / "out" / "labels" / "sub" / "img1.png").is_file()
+    (folder / "broken.png").unlink()
+    for _ in range(2):  # outputs inside the input folder are not read back as inputs
+        assert predict(ckpt, folder, folder / "pred")["images"] == 3
 
 
 def test_cli_predict(trained, tmp_path, capsys):

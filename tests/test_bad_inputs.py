@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -429,3 +432,71 @@ def test_a_worker_failure_is_one_line(ray_session, capsys, tmp_path):
     assert "fails: training failed after 0 restart(s)" in line
     assert f"Run dir: {tmp_path / 'fails'}" in line and "worker logs:" in line
     assert "Traceback" not in msg.split("raycontrast: error:")[-1]
+
+
+# ------------------------------------------------------------------------------- installed package
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_from_an_empty_directory(tmp_path):
+    """``pip install`` of the built wheel (not editable): ``raycontrast config`` and a tiny
+    ``raycontrast train`` run the embedded default from a directory without the checkout. The fresh
+    venv reuses this venv's dependencies through a ``.pth`` file (no network, seconds)."""
+    import shutil
+    import site
+
+    src = (
+        tmp_path / "src"
+    )  # build from a copy: an in-tree build would write build/ into the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(
+        REPO / "raycontrast", src / "raycontrast", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    py = sys.executable
+
+    def sh(*cmd, cwd=tmp_path, env=None, timeout=600):
+        out = subprocess.run(
+            [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        assert out.returncode == 0, f"{cmd}: {out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        return out.stdout
+
+    sh(py, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", src)
+    (wheel,) = (tmp_path / "dist").glob("raycontrast-*.whl")
+    sh(py, "-m", "venv", "--without-pip", "venv")
+    fresh = tmp_path / "venv" / "bin" / "python"
+    sh(py, "-m", "pip", "--python", fresh, "install", "-q", "--no-deps", "--no-index", wheel)
+    purelib = sh(fresh, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip()
+    Path(purelib, "_deps_from_dev_venv.pth").write_text(site.getsitepackages()[0] + "\n")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    env["RAY_TMPDIR"] = f"/tmp/rcw{os.getpid()}"  # a short path of its own for Ray's sockets
+    where = sh(fresh, "-c", "import raycontrast; print(raycontrast.__file__)", cwd=empty, env=env)
+    assert where.startswith(purelib), where  # the installed copy, not the checkout
+    exe = tmp_path / "venv" / "bin" / "raycontrast"
+    text = sh(exe, "config", "train.iterations=3", "optim.lr=1e-4", cwd=empty, env=env)
+    assert "name: synthetic" in text and "iterations: 3" in text and "lr: 0.0001" in text
+    tiny = [
+        "train.iterations=2",
+        "train.num_workers=0",
+        "train.batch_size=2",
+        "train.eval_every=2",
+        "contrast.warmup_iters=1",
+        "contrast.memory_size=50",
+        "data.synthetic.num_train=4",
+        "data.synthetic.num_val=2",
+        "data.synthetic.image_size=[32,32]",
+        "data.crop_size=[32,32]",
+        "model.head_channels=8",
+        "model.proj_dim=8",
+    ]
+    try:
+        sh(exe, "train", *tiny, cwd=empty, env=env)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    summary = json.loads((empty / "runs" / "synthetic" / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["mIoU"] is not None

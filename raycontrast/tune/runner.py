@@ -145,11 +145,12 @@ def run_sweep(
         resume: continue an interrupted sweep (``Tuner.restore``), trials resuming from checkpoints.
         address: Ray cluster address (default: ``$RAY_ADDRESS``, else a local instance).
     """
-    from raycontrast.train import check_data, check_storage, connect
+    from raycontrast.train import connect
+    from raycontrast.tune.sweep import check_sweep
 
     sweep = load_sweep(path, list(overrides))
-    check_storage(sweep.config.storage_path)
-    check_data(sweep.trial_config({}, "probe"))  # a missing dataset fails here, not in every trial
+    # address, data, model (meta device), metric and one trial's resources fail here, not in trials
+    check_sweep(sweep, address)
     connect(address)
     cfg = sweep.config
     grid = fit_trials(

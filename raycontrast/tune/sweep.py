@@ -252,8 +252,10 @@ def check_sweep(sweep: Sweep, address: str | None = None, cluster: bool = True) 
 
     import ray
 
+    from raycontrast.train.launcher import check_address
     from raycontrast.train.preflight import check_resources, local_capacity, preflight
 
+    check_address(address)
     report = preflight(
         sweep.trial_config({}, "probe"),
         metrics=sweep.metrics(),

@@ -265,3 +265,20 @@ def test_cli_predict(trained, tmp_path, capsys):
     rc = main(["predict", str(trained["ckpt"]), "--input", str(tmp_path / "nope"), "--out",
                str(tmp_path / "out")])  # fmt: skip
     assert rc == 2 and "input not found" in capsys.readouterr().err
+
+
+def test_fixed_shape_exported_program_is_tiled(trained, tmp_path):
+    """A .pt2 exported at one fixed input shape (batch 2, 64x64) predicts any image by sliding
+    windows of that size, batches padded to 2."""
+    from raycontrast.models.export import METADATA_FILE
+
+    program = torch.export.export(trained["deployed"], (torch.randn(2, 3, 64, 64),))
+    meta = {"num_classes": 7, "class_names": list(SYNTHETIC_CLASSES), "mean": MEAN, "std": STD}
+    torch.export.save(program, tmp_path / "fixed.pt2",
+                      extra_files={METADATA_FILE: json.dumps(meta)})  # fmt: skip
+    image = generate_scene(0, "val", 3, (80, 100))[0]
+    Image.fromarray(image).save(tmp_path / "x.png")
+    result = predict(tmp_path / "fixed.pt2", tmp_path / "x.png", tmp_path / "out")
+    assert result["eval"]["mode"] == "slide" and result["eval"]["crop_size"] == [64, 64]
+    ref = _reference(trained["deployed"], image, mode="slide", crop_size=(64, 64))
+    _check_labels(np.array(Image.open(tmp_path / "out" / "labels" / "x.png")), ref)

@@ -500,3 +500,17 @@ def test_installed_wheel_runs_from_an_empty_directory(tmp_path):
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     summary = json.loads((empty / "runs" / "synthetic" / "summary.json").read_text())
     assert summary["iterations"] == 2 and summary["mIoU"] is not None
+
+
+def test_numeric_text_in_files_and_non_finite_values_name_the_file(capsys, tmp_path):
+    from raycontrast.config import DEFAULT_EXPERIMENT
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"_base_: {DEFAULT_EXPERIMENT}\noptim:\n  lr: 1e-4\n  weight_decay: 5e-4\n")
+    code, msg = run_cli(capsys, "config", exp)
+    assert code == 0 and "lr: 0.0001" in msg and "weight_decay: 0.0005" in msg
+    exp.write_text(f"_base_: {DEFAULT_EXPERIMENT}\ncontrast:\n  loss_weight: .nan\n")
+    code, msg = run_cli(capsys, "config", exp)
+    assert (
+        code == 2 and "contrast.loss_weight=nan is not a finite number" in msg and str(exp) in msg
+    )

@@ -43,12 +43,31 @@ def _trial(config: dict[str, Any], sweep: Sweep) -> None:
 
 
 def _study_trial(config: dict[str, Any], study: Study) -> None:
-    """One study run (an arm in a regime with a seed), trained with metrics forwarded to Tune."""
+    """One study run (an arm in a regime with a seed), trained with metrics forwarded to Tune.
+
+    A run that already finished (a study rerun with an added arm or seed) is not started again.
+    """
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raycontrast.train import run_training
 
-    run_training(study.run_config(study.cell(config["run"])), callbacks=[TuneReportCallback()])
+    cell = study.cell(config["run"])
+    if finished(study, cell):
+        print(f"[{study.config.name}] {cell.run_name}: finished before, kept", flush=True)
+        return
+    run_training(study.run_config(cell), callbacks=[TuneReportCallback()])
+
+
+def finished(study: Study, cell: Cell) -> bool:
+    """Whether the run has its summary and an evaluation at its last iteration."""
+    from raycontrast.tune.study_results import load_record
+
+    run_dir = study.run_dir(cell)
+    if storage.is_uri(run_dir) or not storage.exists(storage.join(run_dir, "summary.json")):
+        return False
+    record = load_record(run_dir)
+    its = [r["iteration"] for r in (record.val if record else []) if r.get("iteration") is not None]
+    return bool(its) and max(its) >= study.run_config(cell).train.iterations
 
 
 def _scheduler(sweep: Sweep):

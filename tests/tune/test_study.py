@@ -11,6 +11,7 @@ import yaml
 
 from raycontrast.config import ConfigError
 from raycontrast.tune import load_study, run_study
+from raycontrast.tune.runner import finished
 from raycontrast.tune.study import Cell
 from raycontrast.tune.study_results import write_results
 from tests.train.conftest import TINY
@@ -168,6 +169,8 @@ def test_analysis_matches_plain_computations_and_labels_a_partial_study(write_st
             {"background": value, "disc": value / 2},
         )
     _fake_run(Path(study.run_dir(Cell("ce", "", 2))), {2: 0.3}, {"background": 0.3, "disc": 0.1})
+    # a rerun of the study (e.g. with an added arm) does not start finished runs again
+    assert finished(study, Cell("ce", "", 0)) and not finished(study, Cell("ce", "", 2))
     out = write_results(study)
     runs = pd.read_parquet(Path(out["results_dir"]) / "runs.parquet")
     assert len(runs) == 6 and list(runs["status"]).count("completed") == 5

@@ -267,11 +267,20 @@ class TrainConfig:
 
     iterations: int = param(40000, "Training iterations.", ge=1)
     batch_size: int = param(8, "Global batch size (split evenly across workers).", ge=1)
-    num_workers: int = param(
+    num_workers: int | list[int] = param(
         2,
         "Ray Train workers; 0 runs the loop in the driver process (Ray Train's local mode: for "
-        "debugging, checkpoints are not persisted and a rerun does not resume).",
+        "debugging, checkpoints are not persisted and a rerun does not resume). [min, max]: an "
+        "elastic run that starts once min workers fit, continues with fewer after a loss and grows "
+        "back to max when capacity returns; train.batch_size must divide by every size in between.",
         ge=0,
+    )
+    resize_interval_s: float = param(
+        60.0,
+        "Elastic runs: how often (seconds) Ray Train looks for capacity to grow the worker group "
+        "(ScalingConfig.elastic_resize_monitor_interval_s); a resize restarts it from the last "
+        "checkpoint.",
+        ge=0.0,
     )
     use_gpu: bool = param(False, "One GPU per worker (nccl); otherwise CPU (gloo).")
     cpus_per_worker: float = param(1.0, "CPUs reserved per Train worker.", gt=0.0)
@@ -296,6 +305,21 @@ class TrainConfig:
         2, "Worker-group restarts from the last checkpoint before giving up.", ge=0
     )
     collective_timeout_s: int = param(600, "Timeout of torch.distributed collectives.", ge=1)
+
+    @property
+    def elastic(self) -> bool:
+        """``num_workers`` is a ``[min, max]`` range."""
+        return isinstance(self.num_workers, list)
+
+    @property
+    def min_workers(self) -> int:
+        """Workers the run needs to (re)start (``num_workers`` itself when fixed)."""
+        return self.num_workers[0] if self.elastic else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """Workers the run asks for (``num_workers`` itself when fixed)."""
+        return self.num_workers[-1] if self.elastic else self.num_workers
 
 
 @dataclass
@@ -393,11 +417,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError("data.source=parquet needs data.parquet_dir")
     if cfg.data.dataset != "synthetic" and cfg.data.source == "files" and not cfg.data.root:
         raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}")
-    if cfg.train.batch_size % max(cfg.train.num_workers, 1):
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} must be divisible by "
-            f"train.num_workers={cfg.train.num_workers} (it is the global batch)"
-        )
+    _check_workers(cfg.train)
     if cfg.train.amp == "fp16" and not cfg.train.use_gpu:
         raise ConfigError("train.amp=fp16 needs train.use_gpu=true; use bf16 on CPU")
     if cfg.train.sync_bn and not cfg.train.use_gpu:
@@ -406,6 +426,35 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         )
     if cfg.bank.overlap and cfg.bank.mode != "actor":
         raise ConfigError("bank.overlap=true applies to bank.mode=actor only")
+
+
+def _check_workers(t: TrainConfig) -> None:
+    """``num_workers``: an int, or ``[min, max]`` with ``1 <= min <= max``; the global batch must
+    split evenly over every world size the run may take (a resize never changes what a step sees)."""
+    if t.elastic:
+        if len(t.num_workers) != 2 or not 1 <= t.num_workers[0] <= t.num_workers[1]:
+            raise ConfigError(
+                f"train.num_workers={t.num_workers!r}: an elastic range must be [min, max] with "
+                "1 <= min <= max (or an int: 0 for local mode, N for a fixed worker group)"
+            )
+        sizes = range(t.min_workers, t.max_workers + 1)
+    else:
+        sizes = [max(t.num_workers, 1)]
+    bad = [w for w in sizes if t.batch_size % w]
+    if bad:
+        fits = [w for w in sizes if not t.batch_size % w]
+        hint = f"; of {list(sizes)} it divides by {fits}" if t.elastic and fits else ""
+        if not t.elastic:
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} must be divisible by "
+                f"train.num_workers={t.num_workers} (it is the global batch)"
+            )
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} (the global batch, split evenly across workers) must "
+            f"be divisible by every number of workers train.num_workers={t.num_workers} allows, "
+            f"not by {', '.join(map(str, bad))}{hint}: choose a batch size that is a multiple of "
+            f"{math.lcm(*sizes)} or narrow the range"
+        )
 
 
 def config_warnings(cfg: ExperimentConfig) -> list[str]:

@@ -17,8 +17,8 @@ __all__ = ["ShardSampler", "steps_per_epoch", "train_batches", "val_shard"]
 
 
 def steps_per_epoch(num_samples: int, world_size: int, local_batch: int) -> int:
-    """Full local batches per epoch when every rank reads a disjoint 1/world_size of the data."""
-    steps = (num_samples // world_size) // local_batch
+    """Full global batches (``world_size x local_batch`` samples) per epoch."""
+    steps = num_samples // (world_size * local_batch)
     if steps < 1:
         raise ValueError(
             f"the training split has {num_samples} samples: too few for {world_size} workers x "
@@ -28,13 +28,19 @@ def steps_per_epoch(num_samples: int, world_size: int, local_batch: int) -> int:
 
 
 class ShardSampler(Sampler[int]):
-    """This rank's share of a per-epoch shuffle, resumable at a batch offset inside the epoch.
+    """This rank's share of a per-epoch shuffle, resumable at a step inside the epoch.
 
-    Epoch ``e`` shuffles with seed ``(seed, e)``; rank ``r`` takes every ``world``-th index from ``r``,
-    truncated to whole batches, and skips the first ``start_batch`` batches (after a resume).
+    Epoch ``e`` shuffles the whole split with seed ``(seed, e)``; step ``k`` of the epoch is the global
+    batch ``perm[k*G:(k+1)*G]`` (``G = world x batch``), of which rank ``r`` reads the ``r``-th run of
+    ``batch`` samples. Which samples a step sees depends on the global batch only, not on the world
+    size, so a run resumed at a step boundary with another number of workers (an elastic resize)
+    neither repeats nor skips a sample of the epoch. The last ``num_samples mod G`` samples of each
+    shuffle are left out (whole steps only); ``start_batch`` skips the steps already trained.
     """
 
     def __init__(self, num_samples: int, rank: int, world: int, batch: int, seed: int = 0):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside a world of {world} workers")
         self.num_samples, self.rank, self.world, self.batch, self.seed = (
             num_samples,
             rank,
@@ -51,9 +57,11 @@ class ShardSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=g)[self.rank :: self.world]
-        order = order[self.start_batch * self.batch : self.steps * self.batch]
-        return iter(order.tolist())
+        perm = torch.randperm(self.num_samples, generator=g)
+        steps = perm[: self.steps * self.world * self.batch].view(
+            self.steps, self.world, self.batch
+        )
+        return iter(steps[self.start_batch :, self.rank].reshape(-1).tolist())
 
     def __len__(self) -> int:
         return (self.steps - self.start_batch) * self.batch

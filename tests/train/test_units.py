@@ -82,6 +82,41 @@ def test_shard_sampler_is_disjoint_per_epoch_and_resumable():
         steps_per_epoch(3, 2, 2)
 
 
+def _global_steps(n: int, world: int, batch: int, epoch: int, start: int = 0) -> list[list[int]]:
+    """Per step of one epoch, the samples all ranks of a ``world`` read (rank order)."""
+    shares = []
+    for rank in range(world):
+        sampler = ShardSampler(n, rank, world, batch, seed=3)
+        sampler.set_epoch(epoch, start_batch=start)
+        share = list(sampler)
+        assert len(share) == len(sampler)
+        shares.append([share[i : i + batch] for i in range(0, len(share), batch)])
+    return [[i for s in shares for i in s[k]] for k in range(len(shares[0]))]
+
+
+@pytest.mark.parametrize("n", [24, 29])
+def test_shard_sampler_steps_do_not_depend_on_the_world_size(n):
+    # The reference: one shuffle of the epoch cut into global batches of 4, whatever the world.
+    g = torch.Generator().manual_seed(3 * 100_003 + 1)
+    perm = torch.randperm(n, generator=g).tolist()
+    reference = [perm[k * 4 : (k + 1) * 4] for k in range(n // 4)]
+    for world in (1, 2, 4):
+        assert _global_steps(n, world, 4 // world, epoch=1) == reference
+    # An elastic run: 2 steps with 2 workers, 1 step with 1, the rest with 4 workers (resumed at a
+    # step boundary each time): every sample of the epoch exactly once, in the reference's steps.
+    run = (
+        _global_steps(n, 2, 2, 1)[:2]
+        + _global_steps(n, 1, 4, 1, start=2)[:1]
+        + _global_steps(n, 4, 1, 1, start=3)
+    )
+    assert run == reference
+    seen = [i for step in run for i in step]
+    assert len(seen) == len(set(seen)) == (n // 4) * 4
+    assert _global_steps(n, 2, 2, epoch=2) != reference  # another epoch, another shuffle
+    with pytest.raises(ValueError, match="rank 2"):
+        ShardSampler(n, 2, 2, 2)
+
+
 def test_poly_schedule_and_eta_format():
     f = _poly(100, 0.9)
     assert f(0) == 1.0 and f(100) == 0.0 and 0 < f(50) < 1

@@ -323,7 +323,7 @@ def per_run_cpus(study: Study) -> float:
     for regime in study.regimes:
         for arm in study.arms:
             t = study.experiment(arm, regime).train
-            need = max(need, max(t.num_workers, 1) * t.cpus_per_worker)
+            need = max(need, max(t.max_workers, 1) * t.cpus_per_worker)
     return study.config.trial_cpus + need
 
 

@@ -346,7 +346,7 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
     Returns:
         The written files.
     """
-    from raycontrast.eval.report import format_table
+    from raycontrast.eval.report import format_summary
 
     if not run_dirs:
         raise ReportError("report needs at least one run directory")
@@ -359,9 +359,13 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
         per_class = run.per_class_iou()
         final = run.final()
         best, best_it = run.best()
-        if per_class or any(v is not None for v in final.values()):
-            metrics = {**final, "IoU": list(per_class.values())}
-            print(format_table(metrics, list(per_class)))
+        if per_class:
+            width = max(len("class"), *(len(n) for n in per_class))
+            print(f"{'class':<{width}}  {'IoU':>6}")
+            for name, value in per_class.items():
+                print(f"{name:<{width}}  {_pct(value):>6}")
+        if any(v is not None for v in final.values()):
+            print(format_summary(final))
         if best is not None:
             print(f"best mIoU {100 * best:.2f}" + (f" at iteration {best_it}" if best_it else ""))
         where = files[0].parent if files else (target or run.run_dir / "plots")

@@ -10,10 +10,16 @@ __all__ = ["group_ranks", "resize_labels", "resize_predictions", "sample_anchors
 
 
 def resize_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of ``(B, H, W)`` integer labels to ``size`` (the resize used everywhere)."""
+    """Nearest-neighbour resize of ``(B, H, W)`` integer labels to ``size`` (the resize used everywhere).
+
+    Each output cell takes the input pixel nearest to the cell's centre, where the feature of that cell
+    sits (``nearest-exact``). PyTorch's legacy ``nearest`` (and the original code) takes the cell's
+    top-left pixel instead: half a cell off, which on the synthetic default (stride 8, 12x12 embeddings)
+    mislabels 15% of the cells against 3%, and hard-anchor sampling draws mostly from those cells.
+    """
     if tuple(labels.shape[-2:]) == tuple(size):
         return labels
-    out = F.interpolate(labels[:, None].float(), size=size, mode="nearest")
+    out = F.interpolate(labels[:, None].float(), size=size, mode="nearest-exact")
     return out[:, 0].to(labels.dtype)
 
 

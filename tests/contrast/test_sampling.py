@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from raycontrast.contrast import resize_labels, resize_predictions, sample_anchors
@@ -86,3 +87,33 @@ def test_resizes_use_nearest_for_labels():
     logits = torch.zeros(1, 3, 2, 2)
     logits[0, 2] = 1
     assert resize_predictions(logits, (4, 4)).eq(2).all()
+
+
+def _centre_nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Plain reference: each output cell takes the input pixel whose centre is nearest its own centre."""
+    h, w = labels.shape[-2:]
+    out = torch.empty((labels.shape[0], *size), dtype=labels.dtype)
+    for i in range(size[0]):
+        for j in range(size[1]):
+            si = min(int((i + 0.5) * h / size[0]), h - 1)
+            sj = min(int((j + 0.5) * w / size[1]), w - 1)
+            out[:, i, j] = labels[:, si, sj]
+    return out
+
+
+@pytest.mark.parametrize("size", [(2, 2), (12, 12), (4, 3), (5, 7)])
+def test_resized_labels_come_from_the_cell_centre(size):
+    # The embedding cell (i, j) of a stride-s feature map sits over pixels s*i .. s*i+s-1 (its centre
+    # at s*i + s/2 - 1/2, where bilinear upsampling with align_corners=False puts it). Its label must
+    # come from there, not from the cell's top-left pixel (PyTorch's legacy "nearest"): with small
+    # objects that shift mislabels boundary cells, and hard-anchor sampling picks exactly those.
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 7, (2, 24, 24), generator=g)
+    got = resize_labels(labels, size)
+    assert torch.equal(got, _centre_nearest(labels, size))
+
+
+def test_a_cell_is_labelled_by_its_content_not_its_corner():
+    labels = torch.full((1, 16, 16), 1)
+    labels[:, ::8, :] = 0  # the top row of every 8x8 cell is class 0, the rest class 1
+    assert resize_labels(labels, (2, 2)).eq(1).all()

@@ -22,6 +22,7 @@ from raycontrast import storage
 from raycontrast.config import ConfigError, ExperimentConfig, config_to_dict
 from raycontrast.contrast import memory_kinds
 from raycontrast.data import build_dataset, dataset_info
+from raycontrast.train.elastic import worker_groups
 from raycontrast.train.logger import write_plots
 from raycontrast.train.loop import NonFiniteLoss, train_loop_per_worker
 
@@ -201,7 +202,6 @@ def run_training(
         CheckpointConfig,
         FailureConfig,
         RunConfig,
-        ScalingConfig,
         TrainingFailedError,
     )
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -239,7 +239,7 @@ def run_training(
         actor = create_bank_actor(
             cfg.name,
             spec,
-            world_size=max(cfg.train.num_workers, 1),
+            world_size=max(cfg.train.max_workers, 1),  # each worker group sets its own
             snapshot_uri=storage.join(run_dir, "bank", "snapshot.pt"),
             snapshot_every=cfg.bank.snapshot_every,
             wait=False,
@@ -251,9 +251,6 @@ def run_training(
 
         datasets["train"] = read_parquet_ray(cfg.data.parquet_dir, cfg.data.train_split)
 
-    resources = {"CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -261,11 +258,7 @@ def run_training(
             "run_dir": run_dir,
             "bank_actor": actor_name,
         },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker=resources,
-        ),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=cfg.name,
             storage_path=storage_path,
@@ -282,8 +275,8 @@ def run_training(
         datasets=datasets or None,
     )
     print(
-        f"[{cfg.name}] training {cfg.train.iterations} iterations on {cfg.train.num_workers} "
-        f"worker(s), bank {cfg.bank.mode if uses_bank else 'off'}; run dir {run_dir}",
+        f"[{cfg.name}] training {cfg.train.iterations} iterations on {_describe_workers(cfg)}, "
+        f"bank {cfg.bank.mode if uses_bank else 'off'}; run dir {run_dir}",
         flush=True,
     )
     try:
@@ -307,6 +300,31 @@ def run_training(
         )
     summary = _summarise(cfg, run_dir, out, result, time.perf_counter() - t0)
     return summary
+
+
+def scaling_config(cfg: ExperimentConfig):
+    """Ray Train's ``ScalingConfig`` for ``train.*``: ``num_workers: [min, max]`` is elastic (Ray
+    starts once ``min`` workers fit, restarts smaller after a loss and grows back, checking every
+    ``train.resize_interval_s``); an int is a fixed group (0: local mode)."""
+    from ray.train import ScalingConfig
+
+    t = cfg.train
+    resources = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = 1
+    return ScalingConfig(
+        num_workers=(t.min_workers, t.max_workers) if t.elastic else t.num_workers,
+        use_gpu=t.use_gpu,
+        resources_per_worker=resources,
+        elastic_resize_monitor_interval_s=t.resize_interval_s,
+    )
+
+
+def _describe_workers(cfg: ExperimentConfig) -> str:
+    t = cfg.train
+    if t.elastic:
+        return f"{t.min_workers}-{t.max_workers} workers (elastic)"
+    return f"{t.num_workers} worker(s)"
 
 
 def _registered_iteration(run_dir: str) -> int | None:
@@ -437,6 +455,7 @@ def _summarise(
         "skipped_steps": out.get("skipped_steps"),
         "bank": out.get("bank"),
         "bank_health": out.get("bank_health"),  # the last evaluation's bank metrics
+        "worker_groups": worker_groups(run_dir),  # every (re)start: iteration, world size, bank
         "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
         "best_checkpoint": _best_path(result),
         "run_dir": run_dir,

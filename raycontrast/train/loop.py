@@ -19,6 +19,7 @@ import time
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -34,8 +35,14 @@ from raycontrast.contrast import (
     memory_kinds,
     select_records,
 )
-from raycontrast.data import dataset_info
-from raycontrast.eval import evaluate, resolve_eval_config
+from raycontrast.data import build_dataset, dataset_info
+from raycontrast.eval import (
+    evaluate,
+    pick_val_samples,
+    resolve_eval_config,
+    write_confusion,
+    write_val_samples,
+)
 from raycontrast.models import (
     build_segmentor,
     check_compatible,
@@ -47,6 +54,7 @@ from raycontrast.models import (
 from raycontrast.models.checkpoint import restore_training, training_state
 from raycontrast.train.data import train_batches, val_shard
 from raycontrast.train.debug import DebugHooks
+from raycontrast.train.elastic import record_worker_group
 from raycontrast.train.logger import RunLogger, console
 from raycontrast.train.losses import StepLosses, step_losses
 from raycontrast.train.state import get_rng_state, seed_everything, set_rng_state
@@ -144,6 +152,7 @@ class Trainer:
         self.metrics: dict[str, Any] = {}
         self.totals = {"skipped_samples": 0, "skipped_steps": 0}
         self.bank_check: dict[str, Any] = {}
+        self.confusion = None  # of the last evaluation, summed over ranks
         self._epoch = -1
 
     def _build_bank(self, bank_actor: str | None):
@@ -206,10 +215,12 @@ class Trainer:
         if self.rank < len(states):
             set_rng_state(states[self.rank], self.generator)
             return
-        seed_everything(_stream_seed(self.cfg.train.seed, self.rank) + self.start)
-        self.generator.manual_seed(
-            _stream_seed(self.cfg.train.seed, self.rank) * 1_000_003 + self.start
-        )
+        # hashed, not summed: seed + rank + start would give rank 1 at iteration 7 the global
+        # stream of rank 2 at iteration 6 (a later resize)
+        entropy = [self.cfg.train.seed % 2**63, self.rank, self.start]
+        global_seed, sampling_seed = np.random.SeedSequence(entropy).generate_state(2)
+        seed_everything(int(global_seed))
+        self.generator.manual_seed(int(sampling_seed))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -219,11 +230,17 @@ class Trainer:
         self._write_worker_info()
         self.logger = None
         if self.rank == 0:
+            record_worker_group(
+                self.run_dir, self.start, self.world, getattr(self.sync, "adopted", None)
+            )
             self.logger = RunLogger(
                 self.run_dir, cfg.name, self.start, cfg.train.iterations, self.info.class_names
             )
             if self.start == 0 and not storage.is_uri(self.run_dir):
                 save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+            # the same few validation images at every evaluation (from the whole split)
+            val_split = build_dataset(cfg.data, cfg.data.val_split, train=False)
+            self.val_samples = pick_val_samples(val_split, 4)
         self.val_data = val_shard(cfg, self.rank, self.world)
         batches = train_batches(cfg, self.rank, self.world, self.start, self.device)
         window = _Window()
@@ -250,6 +267,8 @@ class Trainer:
             self.sync.flush()
         wall = time.perf_counter() - t_start
         if self.logger is not None:
+            if self.confusion is not None:
+                write_confusion(self.confusion, self.info.class_names, self.logger.local)
             self.logger.close()
         return self._result(status, done, wall) if self.rank == 0 else {}
 
@@ -347,6 +366,7 @@ class Trainer:
             self.best = {"mIoU": metrics["mIoU"], "iteration": done, "metrics": metrics}
         if self.logger is not None:
             self.logger.val(done, metrics)
+            self._log_pictures(done)
             self.logger.sync()
         rng_states = gather_objects(get_rng_state(self.generator))
         report = {
@@ -392,7 +412,26 @@ class Trainer:
                 device=self.device,
             )
         seg.all_reduce()
+        self.confusion = seg.confusion
         return seg.compute()
+
+    def _log_pictures(self, done: int) -> None:
+        """Rank 0: the validation sample grid (image | truth | prediction | errors)."""
+        cfg = self.cfg
+        grid = write_val_samples(
+            self.core.predict,
+            self.val_samples,
+            self.logger.local,
+            done,
+            palette=self.info.palette,
+            mean=cfg.data.mean,
+            std=cfg.data.std,
+            ignore_index=cfg.data.ignore_index,
+            class_names=self.info.class_names,
+            eval_cfg=resolve_eval_config(cfg),
+            device=self.device,
+        )
+        self.logger.val_samples(done, grid)
 
     def _check_bank(self) -> dict[str, Any]:
         """Digest every rank's replica (and the actor's bank): the invariant of a shared bank.

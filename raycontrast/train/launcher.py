@@ -41,6 +41,8 @@ __all__ = [
 CONNECT_TIMEOUT_S = 10.0
 """How long the driver tries to reach a cluster's address before giving up with an error."""
 
+_started_local = False  # connect() started a local Ray instance in this process
+
 
 class TrainingInterrupted(RuntimeError):
     """The run was aborted before finishing (e.g. Ctrl-C in the driver); rerunning resumes it."""
@@ -108,6 +110,7 @@ def connect(address: str | None = None) -> None:
         ClusterUnreachable: the address cannot be reached within :data:`CONNECT_TIMEOUT_S` (or Ray
             finds no cluster there).
     """
+    global _started_local
     if ray.is_initialized():
         return
     address, source = _address(address)
@@ -123,6 +126,16 @@ def connect(address: str | None = None) -> None:
     else:
         # the dashboard (loopback only) serves the state API that Ray Train's controller polls
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+        _started_local = True
+
+
+def shutdown_local() -> None:
+    """Stop the local Ray instance :func:`connect` started (flushing its actors' log lines to the
+    console); instances started or attached elsewhere are left alone."""
+    global _started_local
+    if _started_local and ray.is_initialized():
+        ray.shutdown()
+    _started_local = False
 
 
 def check_storage(storage_path: str) -> None:
@@ -243,6 +256,7 @@ def run_training(
             snapshot_uri=storage.join(run_dir, "bank", "snapshot.pt"),
             snapshot_every=cfg.bank.snapshot_every,
             wait=False,
+            shards=cfg.bank.shards,
         )
 
     datasets = {}
@@ -391,7 +405,7 @@ def _failure_line(cfg: ExperimentConfig, run_dir: str, err: BaseException) -> st
         cause = _one_line(getattr(err, "controller_failure", None) or err)
     return (
         f"{cfg.name}: training failed after {cfg.train.max_failures} restart(s) "
-        f"(train.max_failures) - {cause}. Run dir: {run_dir} (workers/rank-N.json name each "
+        f"(train.max_failures) - {cause.rstrip('.')}. Run dir: {run_dir} (workers/rank-N.json name each "
         f"worker's node and pid); worker logs: {_logs_dir()} (worker-*.err)"
     )
 

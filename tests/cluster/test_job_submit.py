@@ -272,7 +272,8 @@ def test_train_submitted_as_a_job_attaches_to_the_cluster_and_checkpoints(token_
 
     runs = tmp_path / "runs"
     submission_id = f"raycontrast-e2e-{secrets.token_hex(3)}"
-    overrides = [*TINY, "train.num_workers=2", f"storage_path={runs}", "name=jobrun"]
+    # an elastic group (issue 14): the same code path as a fixed one, here it gets its max of 2
+    overrides = [*TINY, "train.num_workers=[1,2]", f"storage_path={runs}", "name=jobrun"]
     # `sh -c` only reports which `raycontrast` and which cluster address the job sees, then execs
     # exactly `raycontrast train experiments/synthetic.yaml <overrides>`.
     script = (
@@ -324,6 +325,7 @@ def test_train_submitted_as_a_job_attaches_to_the_cluster_and_checkpoints(token_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["iterations"] == 4 and summary["status"] == "completed"
     assert summary["run_dir"] == str(run_dir) and summary["bank"]["mode"] == "actor"
+    assert [(g["start"], g["world_size"]) for g in summary["worker_groups"]] == [(0, 2)]
     assert (run_dir / "metrics.csv").is_file() and (run_dir / "bank" / "snapshot.pt").is_file()
 
     # Nothing this head started listens beyond loopback.

@@ -75,13 +75,18 @@ class Preflight:
     def describe(self) -> str:
         """The resolved config (YAML) and the resources, as ``--dry-run`` prints them."""
         cfg = self.config
+        t = cfg.train
+        workers = (
+            f"{t.min_workers}-{t.max_workers} workers, elastic"
+            if t.elastic
+            else f"{max(t.num_workers, 1)} worker(s)"
+        )
         lines = [
             yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip(),
             "",
             f"model: {cfg.model.backbone} + {cfg.model.head}, {self.num_classes} classes, "
             f"{self.parameters / 1e6:.2f}M parameters",
-            f"resources: {_describe_resources(self.resources)} "
-            f"({max(cfg.train.num_workers, 1)} worker(s))"
+            f"resources: {_describe_resources(self.resources)} ({workers})"
             + (f"; cluster offers {_describe_resources(self.cluster)}" if self.cluster else ""),
         ]
         lines += [f"warning: {w}" for w in self.warnings]
@@ -143,9 +148,9 @@ def check_metric(metric: str, cfg: ExperimentConfig | None = None, what: str = "
 
 
 def requested_resources(cfg: ExperimentConfig, driver_cpus: float = 0.0) -> dict[str, float]:
-    """CPUs and GPUs a run takes: its Train workers (``num_workers=0`` runs in the driver) plus
-    ``driver_cpus`` (a Tune trial's driver)."""
-    workers = cfg.train.num_workers
+    """CPUs and GPUs a run takes: its Train workers (``num_workers=0`` runs in the driver; an elastic
+    ``[min, max]`` run needs ``min`` to start) plus ``driver_cpus`` (a Tune trial's driver)."""
+    workers = cfg.train.min_workers
     res = {"CPU": workers * cfg.train.cpus_per_worker + driver_cpus}
     if cfg.train.use_gpu:
         res["GPU"] = float(max(workers, 1))

@@ -35,6 +35,7 @@ from raycontrast.contrast import (
     memory_kinds,
     select_records,
 )
+from raycontrast.contrast.health import bank_health, sample_bank
 from raycontrast.data import build_dataset, dataset_info
 from raycontrast.eval import (
     evaluate,
@@ -153,6 +154,7 @@ class Trainer:
         self.totals = {"skipped_samples": 0, "skipped_steps": 0}
         self.bank_check: dict[str, Any] = {}
         self.confusion = None  # of the last evaluation, summed over ranks
+        self._loss_stats: dict[str, float] = {}  # what the memory loss saw, at evaluation steps
         self._epoch = -1
 
     def _build_bank(self, bank_actor: str | None):
@@ -207,7 +209,9 @@ class Trainer:
             if self.rank == 0:
                 console(f"[{self.cfg.name}] resumed from iteration {self.start}")
         if self.sync is not None:
-            self.sync.start(bank_state, version=self.start)
+            # a worker group (re)starts: the bank actor adopts its world size and keeps its live bank
+            # when that holds this checkpoint's version or newer (elastic resizes, worker failures)
+            self.sync.start(bank_state, version=self.start, world_size=self.world, keep_live=True)
 
     def _restore_rng(self, states: list[dict[str, Any]]) -> None:
         """This rank's saved RNG streams; a rank the checkpoint did not have (the run grew) gets a
@@ -285,9 +289,20 @@ class Trainer:
 
         with self._autocast():
             out = self.model(images)
+        done = it + 1
+        at_eval = done % cfg.train.eval_every == 0 or done == cfg.train.iterations
         losses = step_losses(
-            cfg, out, labels, it, self.criterion, self.replica, generator=self.generator
+            cfg,
+            out,
+            labels,
+            it,
+            self.criterion,
+            self.replica,
+            generator=self.generator,
+            stats=at_eval and self.rank == 0,
         )
+        if at_eval and losses.contrast is not None:
+            self._loss_stats = losses.contrast.stats
         losses = self.debug.after_losses(it + 1, losses)
         applied = self._apply_gradients(it, losses)
         # Enqueue after the step's loss (a batch never contrasts with itself through memory); a
@@ -367,6 +382,12 @@ class Trainer:
         if self.logger is not None:
             self.logger.val(done, metrics)
             self._log_pictures(done)
+            if self.replica is not None:
+                sample = sample_bank(self.replica)
+                health = bank_health(
+                    self.replica, self.info.class_names, sample=sample, loss_stats=self._loss_stats
+                )
+                self.logger.bank(done, health, sample)
             self.logger.sync()
         rng_states = gather_objects(get_rng_state(self.generator))
         report = {
@@ -495,6 +516,7 @@ class Trainer:
             "skipped_samples": self.totals["skipped_samples"],
             "skipped_steps": self.totals["skipped_steps"],
             "bank": bank,
+            "bank_health": (self.logger.last_bank or None) if self.logger is not None else None,
         }
 
 

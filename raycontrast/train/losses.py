@@ -44,11 +44,13 @@ def step_losses(
     criterion: PixelContrastLoss | None = None,
     bank: MemoryBank | None = None,
     generator: torch.Generator | None = None,
+    stats: bool = False,
 ) -> StepLosses:
     """``CE(logits) [+ aux_weight * CE(aux)] + loss_weight * contrast`` for the model outputs ``out``.
 
     The contrast term is zero with a graph during the warm-up (and when nothing can be sampled), so
     the projection head always takes part in the backward pass (DDP needs every parameter used).
+    ``stats`` asks the contrast term for what its memory loss saw (bank health, at evaluations).
     """
     ignore = cfg.data.ignore_index
     logits = out["logits"].float()
@@ -62,7 +64,13 @@ def step_losses(
     contrast = None
     if criterion is not None:
         contrast = criterion(
-            out["embed"].float(), labels, logits, iteration, bank=bank, generator=generator
+            out["embed"].float(),
+            labels,
+            logits,
+            iteration,
+            bank=bank,
+            generator=generator,
+            stats=stats,
         )
         loss = contrast.loss
         terms["contrast"] = loss

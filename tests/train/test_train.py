@@ -56,7 +56,18 @@ def test_two_workers_survive_faults_and_checkpoint(ray_session, tiny):
     saved = json.loads((run_dir / "summary.json").read_text())
     assert {"mIoU", "aAcc", "iterations", "wall_s", "per_class_IoU"} <= set(saved)
     assert "background" in saved["per_class_IoU"]
-    for artifact in ("plots/miou.png", "plots/loss.png", "plots/per_class_iou.png", "config.yaml"):
+    # the last evaluation's bank health (issue: "a bank you can watch")
+    assert 0.0 < saved["bank_health"]["bank/pixel/fill"] <= 1.0
+    assert saved["bank_health"]["bank/loss/positive_share"] > 0.0
+    pictures = ("plots/val_samples_000008.png", "plots/confusion.png", "confusion.csv")
+    pictures += ("bank.csv", "plots/bank_health.png", "plots/bank_map_8.png")
+    for artifact in (
+        "plots/miou.png",
+        "plots/loss.png",
+        "plots/per_class_iou.png",
+        "config.yaml",
+        *pictures,
+    ):
         assert (run_dir / artifact).exists(), artifact
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     state = load_checkpoint(summary["checkpoint"])

@@ -1,22 +1,22 @@
-"""Cross-image pixel contrast: losses, anchor sampling, the memory bank. Pure torch, no Ray."""
+"""Cross-image pixel contrast: losses, anchor sampling, the memory bank and its health. Pure torch,
+no Ray.
 
+Example:
+    >>> from raycontrast.contrast import MemoryBank, MemorySampling, memory_contrast_loss
+    >>> loss = memory_contrast_loss(z, zl, q, ql, sampling=MemorySampling("semi_hard", k=512))
+"""
+
+from raycontrast.contrast.health import bank_health, sample_bank
 from raycontrast.contrast.loss import (
     class_blocks,
     inbatch_contrast_loss,
     memory_contrast_loss,
     memory_contrast_loss_blocks,
-    selected_contrast_loss,
-    zero_with_graph,
 )
 from raycontrast.contrast.memory import KINDS, BankRecords, MemoryBank, select_records
 from raycontrast.contrast.module import ContrastOutput, PixelContrastLoss, memory_kinds
-from raycontrast.contrast.sampling import resize_labels, resize_predictions, sample_anchors
-from raycontrast.contrast.selection import (
-    MemorySampling,
-    MemorySelection,
-    gather_similarity,
-    select_memory_entries,
-)
+from raycontrast.contrast.sampling import sample_anchors
+from raycontrast.contrast.selection import MemorySampling
 
 __all__ = [
     "KINDS",
@@ -24,19 +24,14 @@ __all__ = [
     "ContrastOutput",
     "MemoryBank",
     "MemorySampling",
-    "MemorySelection",
     "PixelContrastLoss",
+    "bank_health",
     "class_blocks",
-    "gather_similarity",
     "inbatch_contrast_loss",
     "memory_contrast_loss",
     "memory_contrast_loss_blocks",
     "memory_kinds",
-    "resize_labels",
-    "resize_predictions",
     "sample_anchors",
-    "select_memory_entries",
+    "sample_bank",
     "select_records",
-    "selected_contrast_loss",
-    "zero_with_graph",
 ]

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from raycontrast.contrast import resize_labels, resize_predictions, sample_anchors
+from raycontrast.contrast import sample_anchors
+from raycontrast.contrast.sampling import resize_labels, resize_predictions
 
 
 def _positional(b, h, w):

@@ -248,6 +248,12 @@ class BankConfig:
         "(0: only with checkpoints).",
         ge=0,
     )
+    shards: int = param(
+        1,
+        "actor mode: class-sharded bank actors, each holding the queues of classes c % shards == s "
+        "(raise it when one actor's bank memory, snapshot or restart time is too large; see README).",
+        ge=1,
+    )
 
 
 @dataclass
@@ -426,6 +432,8 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         )
     if cfg.bank.overlap and cfg.bank.mode != "actor":
         raise ConfigError("bank.overlap=true applies to bank.mode=actor only")
+    if cfg.bank.shards > 1 and cfg.bank.mode != "actor":
+        raise ConfigError(f"bank.shards={cfg.bank.shards} applies to bank.mode=actor only")
 
 
 def _check_workers(t: TrainConfig) -> None:

@@ -13,7 +13,19 @@ import torch
 
 from raycontrast.contrast import BankRecords, MemoryBank
 
-__all__ = ["pack_records", "pack_state", "unpack_records", "unpack_state", "wire_nbytes"]
+__all__ = [
+    "assemble_bank",
+    "concat_packed",
+    "insert_classes",
+    "pack_records",
+    "pack_state",
+    "select_classes",
+    "shard_classes",
+    "take_classes",
+    "unpack_records",
+    "unpack_state",
+    "wire_nbytes",
+]
 
 _RAW16 = {torch.float16, torch.bfloat16}
 
@@ -86,3 +98,76 @@ def unpack_state(packed: dict[str, Any], device: torch.device | str = "cpu") -> 
     out["ptr"] = _to_torch(packed["ptr"], torch.int64, device)
     out["count"] = _to_torch(packed["count"], torch.int64, device)
     return out
+
+
+# ------------------------------------------------------------------------------------ class shards
+
+
+def shard_classes(num_classes: int, shards: int, shard: int) -> list[int]:
+    """Classes owned by ``shard`` of ``shards``: round robin (``c % shards == shard``), so frequent
+    low-index classes spread over the shards."""
+    if not 1 <= shards <= num_classes:
+        raise ValueError(
+            f"bank.shards must be between 1 and the class count {num_classes}, got {shards}"
+        )
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
+    return list(range(shard, num_classes, shards))
+
+
+def select_classes(
+    packed: dict[str, Any], classes: list[int], num_classes: int, renumber: bool = True
+) -> dict[str, Any]:
+    """Packed records of ``classes`` only, in their order; with ``renumber`` classes become
+    ``0..len(classes)-1`` (the numbering of a shard's own bank)."""
+    local = np.full(num_classes, -1, dtype=np.int64)
+    local[classes] = np.arange(len(classes))
+    cls = np.asarray(packed["cls"], dtype=np.int64)
+    ids = local[cls]
+    keep = ids >= 0
+    return {
+        "cls": ids[keep] if renumber else cls[keep],
+        "kind": np.asarray(packed["kind"])[keep],
+        "vec": np.asarray(packed["vec"])[keep],
+        "dtype": packed["dtype"],
+    }
+
+
+_PER_CLASS = ("data", "ptr", "count", "written")  # state entries indexed [kind, class, ...]
+
+
+def take_classes(state: dict[str, Any], classes: list[int]) -> dict[str, Any]:
+    """A shard's part of a full packed state: the queues of ``classes`` (a bank of those classes)."""
+    out = dict(state)
+    for key in _PER_CLASS:
+        if key in state:
+            out[key] = np.ascontiguousarray(np.asarray(state[key])[:, classes])
+    out["num_classes"] = len(classes)
+    return out
+
+
+def insert_classes(bank: MemoryBank, classes: list[int], part: dict[str, Any]) -> None:
+    """Overwrite ``bank``'s queues of ``classes`` with a shard's packed state ``part`` (other classes
+    untouched; ``bank.writes`` is left to the caller)."""
+    index = torch.tensor(classes, dtype=torch.long, device=bank.device)
+    dtype = getattr(torch, part["dtype"])
+    bank.data[:, index] = _to_torch(part["data"], dtype, bank.device).to(bank.dtype)
+    bank.ptr[:, index] = _to_torch(part["ptr"], torch.int64, bank.device)
+    bank.count[:, index] = _to_torch(part["count"], torch.int64, bank.device)
+    if part.get("written") is not None:
+        bank.written[:, index] = _to_torch(part["written"], torch.int64, bank.device)
+    else:
+        bank.written[:, index] = -1
+
+
+def assemble_bank(spec: dict[str, Any], parts: list[dict[str, Any]]) -> MemoryBank:
+    """The whole bank from every shard's ``{"classes", "state", "version"}`` (what ``BankActor.state``
+    returns); ``writes`` is the newest version."""
+    bank = MemoryBank(**spec)
+    owned = sorted(c for part in parts for c in part["classes"])
+    if owned != list(range(bank.num_classes)):
+        raise ValueError(f"shards must own every class exactly once, got classes {owned}")
+    for part in parts:
+        insert_classes(bank, part["classes"], part["state"])
+    bank.writes = max(int(part["version"]) for part in parts)
+    return bank

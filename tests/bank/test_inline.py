@@ -1,11 +1,13 @@
-"""The bank actor with simulated ranks (threads in the test process)."""
+"""The by-value bank actor (the scaling benchmark's baseline) with simulated ranks (threads)."""
 
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from raycontrast.bank import ActorSync, create_bank_actor, make_bank_sync, unpack_state
+from raycontrast.bank import unpack_state
+from raycontrast.bank.inline import InlineActorSync as ActorSync
+from raycontrast.bank.inline import create_inline_bank_actor
 from raycontrast.contrast import BankRecords, MemoryBank
 
 pytestmark = pytest.mark.ray
@@ -63,7 +65,7 @@ def make_syncs(actor, world=2, overlap=False, spec=SPEC):
 
 @pytest.mark.parametrize("overlap", [False, True])
 def test_replicas_equal_the_actor_and_hold_every_rank(ray_session, overlap):
-    actor = create_bank_actor(f"t-replicas-{overlap}", SPEC, world_size=2, snapshot_uri=None)
+    actor = create_inline_bank_actor(f"t-inline-replicas-{overlap}", SPEC, world_size=2)
     syncs = make_syncs(actor, overlap=overlap)
     run_steps(syncs, 7)
     if overlap:  # the replica is one step behind until flushed
@@ -81,22 +83,11 @@ def test_replicas_equal_the_actor_and_hold_every_rank(ray_session, overlap):
     assert local.equal(truth)
 
 
-def test_traffic_is_proportional_to_records_not_bank_size(ray_session):
-    traffic = {}
-    for size in (6, 600):
-        spec = dict(SPEC, size=size)
-        actor = create_bank_actor(f"t-traffic-{size}", spec, world_size=2, snapshot_uri=None)
-        syncs = make_syncs(actor, spec=spec)
-        run_steps(syncs, 4)
-        traffic[size] = syncs[0].traffic()["bytes_per_step"]
-    assert traffic[6] == traffic[600] > 0
-
-
 def test_restarted_actor_reloads_its_snapshot_and_replicas_resync(ray_session, tmp_path):
     import ray
 
     snap = str(tmp_path / "bank" / "snapshot.pt")
-    actor = create_bank_actor("t-restart", SPEC, world_size=2, snapshot_uri=snap)
+    actor = create_inline_bank_actor("t-inline-restart", SPEC, world_size=2, snapshot_uri=snap)
     syncs = make_syncs(actor)
     run_steps(syncs, 3)
     ray_get(actor.snapshot.remote())
@@ -119,23 +110,3 @@ def test_restarted_actor_reloads_its_snapshot_and_replicas_resync(ray_session, t
     lost = BankRecords.cat([records_for(r, 4) for r in range(2)])
     assert not {tuple(v.tolist()) for v in lost.vec.float()} & held
     assert at_snapshot.writes == 3
-
-
-def test_resume_loads_checkpoint_state_into_the_actor(ray_session):
-    actor = create_bank_actor("t-resume", SPEC, world_size=2, snapshot_uri=None)
-    syncs = make_syncs(actor)
-    run_steps(syncs, 4)
-    saved = syncs[0].replica.state_dict()
-    run_steps(syncs, 3, start=4)  # progress that a crash will lose
-    fresh = [ActorSync(MemoryBank(**SPEC), actor, r, timeout_s=60) for r in range(2)]
-    start_all(fresh, saved, 4)
-    run_steps(fresh, 2, start=4)
-    truth = actor_bank(actor)
-    assert all(s.replica.equal(truth) and s.full_syncs == 0 for s in fresh)
-
-
-def test_make_bank_sync_checks_its_arguments():
-    with pytest.raises(ValueError, match="actor handle"):
-        make_bank_sync("actor", MemoryBank(**SPEC))
-    with pytest.raises(ValueError, match=r"bank\.mode"):
-        make_bank_sync("ring", MemoryBank(**SPEC))

@@ -6,13 +6,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raycontrast.contrast import (
-    MemorySampling,
-    _chunking,
-    class_blocks,
-    gather_similarity,
-    select_memory_entries,
-)
+from raycontrast.contrast import MemorySampling, _chunking, class_blocks
+from raycontrast.contrast.selection import gather_similarity, select_memory_entries
 
 
 def _setup(seed, n, m, c, d=6):

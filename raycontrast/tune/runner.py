@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,14 @@ import yaml
 
 from raycontrast import storage
 from raycontrast.config import ConfigError, save_config
-from raycontrast.tune.study import Cell, Study, load_study, per_run_cpus, study_dict
+from raycontrast.tune.study import (
+    Cell,
+    Study,
+    absolute_paths,
+    load_study,
+    per_run_cpus,
+    study_dict,
+)
 from raycontrast.tune.sweep import Sweep, load_sweep
 
 __all__ = [
@@ -30,7 +38,7 @@ __all__ = [
 ]
 
 
-def _trial(config: dict[str, Any], sweep: Sweep) -> None:
+def _trial(config: dict[str, Any], sweep: Sweep, cwd: str) -> None:
     """One sweep trial: its experiment, trained with metrics forwarded to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -38,7 +46,7 @@ def _trial(config: dict[str, Any], sweep: Sweep) -> None:
     from raycontrast.train import run_training
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = sweep.trial_config(config, trial_id)
+    cfg = absolute_paths(sweep.trial_config(config, trial_id), cwd)
     run_training(cfg, callbacks=[TuneReportCallback()])
 
 
@@ -168,6 +176,8 @@ def run_sweep(
     from raycontrast.tune.sweep import check_sweep
 
     sweep = load_sweep(path, list(overrides))
+    # trials run in their own directories: relative paths must mean what they meant here
+    sweep.config.storage_path = storage.resolve(sweep.config.storage_path)
     # address, data, model (meta device), metric and one trial's resources fail here, not in trials
     check_sweep(sweep, address)
     connect(address)
@@ -187,6 +197,7 @@ def run_sweep(
         scheduler=_scheduler(sweep),
         num_samples=cfg.num_samples,
         sweep=sweep,
+        cwd=os.getcwd(),
     )
     return summarise_results(sweep, grid)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,14 @@ from raycontrast.config import (
     param,
 )
 
-__all__ = ["REPORTED_METRICS", "Study", "StudyConfig", "format_override", "load_study"]
+__all__ = [
+    "REPORTED_METRICS",
+    "Study",
+    "StudyConfig",
+    "absolute_paths",
+    "format_override",
+    "load_study",
+]
 
 # What every evaluation of a training run reports (val.csv, Tune); per-class IoU comes with them.
 REPORTED_METRICS = ("mIoU", "mAcc", "aAcc", "fwIoU")
@@ -101,6 +109,7 @@ class Study:
     path: Path
     base_path: Path
     extra_overrides: list[str] = field(default_factory=list)
+    cwd: str = field(default_factory=os.getcwd)  # where relative paths were meant from
 
     @property
     def root(self) -> str:
@@ -138,13 +147,38 @@ class Study:
                 f"name={self.config.name}_{cell.run_name}",
                 f"storage_path={storage.join(self.root, 'runs')}",
             ]
-        return load_config(self.base_path, overrides)
+        return absolute_paths(load_config(self.base_path, overrides), self.cwd)
 
     def run_config(self, cell: Cell) -> ExperimentConfig:
         return self.experiment(cell.arm, cell.regime, cell.seed)
 
     def run_dir(self, cell: Cell) -> str:
         return storage.join(self.root, "runs", f"{self.config.name}_{cell.run_name}")
+
+
+def absolute_paths(cfg: ExperimentConfig, cwd: str) -> ExperimentConfig:
+    """Relative dataset and weight paths made absolute against ``cwd`` (the command's directory).
+
+    Tune runs each trial in its own directory, where ``data.root=data/mri`` would name nothing.
+    """
+    import os
+
+    def fix(path: str) -> str:
+        if not path or storage.is_uri(path) or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
+
+    cfg.data.root = fix(cfg.data.root)
+    cfg.data.parquet_dir = fix(cfg.data.parquet_dir)
+    if isinstance(cfg.model.pretrained, str) and cfg.model.pretrained.lower() not in (
+        "",
+        "true",
+        "false",
+        "none",
+        "null",
+    ):
+        cfg.model.pretrained = fix(cfg.model.pretrained)
+    return cfg
 
 
 def format_override(key: str, value: Any) -> str:
@@ -258,6 +292,7 @@ def load_study(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
             raw[key.strip()] = value
             extra.remove(item)
     cfg = config_from_dict(StudyConfig, raw, source=source)
+    cfg.storage_path = storage.resolve(cfg.storage_path)  # trials run in their own directories
     if not cfg.base:
         raise ConfigError(
             f"{source}: 'base' (the experiment YAML every arm starts from) is required"

@@ -262,3 +262,18 @@ def test_dry_run_checks_every_arm_and_prints_the_plan(write_study, capsys):
     bad = write_study("bad", {**ARMS, "x": {"model.backbone": "resnet_nope"}})
     assert main(["study", str(bad), "--dry-run"]) == 2
     assert "arm 'x'" in capsys.readouterr().err
+
+
+def test_relative_paths_mean_what_they_meant_where_the_command_ran(
+    write_study, tmp_path, monkeypatch
+):
+    # Tune runs each trial in its own directory: relative storage and dataset paths are fixed on the
+    # driver, so a trial (here: a chdir) still finds them
+    monkeypatch.chdir(tmp_path)
+    path = write_study("rel", ARMS, storage_path="out/studies")
+    study = load_study(path)
+    folder = load_study(path, ["data.dataset=folder", "data.root=data/x"])
+    monkeypatch.chdir(REPO)
+    cfg = study.run_config(Cell("ce", "", 0))
+    assert cfg.storage_path == str(tmp_path / "out" / "studies" / "rel" / "runs")
+    assert folder.experiment("ce").data.root == str(tmp_path / "data" / "x")

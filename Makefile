@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: help venv install test lint format train tune bench bench-contrast bench-bank clean
+.PHONY: help venv install test lint format train tune bench bench-contrast bench-bank bench-bank-scale clean
 
 help:
 	@echo "make train           create .venv, install, run experiments/synthetic.yaml on a local Ray instance"
@@ -12,6 +12,7 @@ help:
 	@echo "make tune            run the smoke sweep experiments/sweeps/synthetic_smoke.yaml"
 	@echo "make bench-contrast  contrast-loss and enqueue benchmark -> benchmarks/results/contrast.json"
 	@echo "make bench-bank      memory-bank exchange benchmark -> benchmarks/results/bank.json"
+	@echo "make bench-bank-scale  bank exchange at 2..16 simulated workers -> benchmarks/results/bank_scale.json"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,9 @@ bench-contrast: $(STAMP)
 
 bench-bank: $(STAMP)
 	$(BIN)/python benchmarks/bench_bank.py $(ARGS)
+
+bench-bank-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_bank_scale.py $(ARGS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -372,7 +372,8 @@ def _plots(study: Study, rows, tables, out: str) -> list[str]:
         ax.set_xticks(range(len(entries)), [t["arm"] for t in entries], rotation=20)
         ax.set_ylabel(f"{m} (%)")
         ax.set_title(f"{regime or cfg.name}: mean, {100 * cfg.confidence:g}% CI")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(_save(fig, storage.join(out, f"{m}_per_arm.png")))
     plt.close(fig)
@@ -406,7 +407,8 @@ def _plots(study: Study, rows, tables, out: str) -> list[str]:
                 ax.set_ylabel(label)
                 ax.set_xlabel("iteration")
                 ax.set_title(f"{regime or cfg.name}: {label}")
-        axes[0][col].legend(fontsize=8)
+        if axes[0][col].get_legend_handles_labels()[0]:
+            axes[0][col].legend(fontsize=8)
     fig.tight_layout()
     written.append(_save(fig, storage.join(out, "curves.png")))
     plt.close(fig)

@@ -383,6 +383,37 @@ class ExperimentConfig:
 
 def check_consistency(cfg: ExperimentConfig) -> None:
     """Cross-field rules that single-field validation cannot express."""
+    _check_shapes(cfg)
+    if cfg.contrast.enabled and not cfg.contrast.inbatch and cfg.contrast.memory == "none":
+        raise ConfigError(
+            "contrast.enabled=true with contrast.inbatch=false and contrast.memory=none has no "
+            "contrast term: set contrast.inbatch=true or contrast.memory=pixel|region|both, or "
+            "contrast.enabled=false for cross-entropy only"
+        )
+    if cfg.data.ingest == "ray_data" and cfg.data.source != "parquet":
+        raise ConfigError(
+            "data.ingest=ray_data streams Parquet shards: set data.source=parquet and data.parquet_dir "
+            "(write shards with `raycontrast convert`)"
+        )
+    if cfg.data.source == "parquet" and not cfg.data.parquet_dir:
+        raise ConfigError("data.source=parquet needs data.parquet_dir")
+    if cfg.data.dataset != "synthetic" and cfg.data.source == "files" and not cfg.data.root:
+        raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}")
+    _check_workers(cfg.train)
+    if cfg.train.amp == "fp16" and not cfg.train.use_gpu:
+        raise ConfigError("train.amp=fp16 needs train.use_gpu=true; use bf16 on CPU")
+    if cfg.train.sync_bn and not cfg.train.use_gpu:
+        raise ConfigError(
+            "train.sync_bn=true needs train.use_gpu=true (torch's SyncBatchNorm runs on GPUs)"
+        )
+    if cfg.bank.overlap and cfg.bank.mode != "actor":
+        raise ConfigError("bank.overlap=true applies to bank.mode=actor only")
+    if cfg.bank.shards > 1 and cfg.bank.mode != "actor":
+        raise ConfigError(f"bank.shards={cfg.bank.shards} applies to bank.mode=actor only")
+
+
+def _check_shapes(cfg: ExperimentConfig) -> None:
+    """Sizes, ranges and normalisation constants given as lists."""
     pairs = {
         "data.crop_size": cfg.data.crop_size,
         "data.synthetic.image_size": cfg.data.synthetic.image_size,
@@ -406,34 +437,8 @@ def check_consistency(cfg: ExperimentConfig) -> None:
                 f"{key}={values} is on the 0-255 scale, but images are normalised on the 0-1 scale: "
                 f"use {key}={scaled}"
             )
-    if cfg.contrast.enabled and not cfg.contrast.inbatch and cfg.contrast.memory == "none":
-        raise ConfigError(
-            "contrast.enabled=true with contrast.inbatch=false and contrast.memory=none has no "
-            "contrast term: set contrast.inbatch=true or contrast.memory=pixel|region|both, or "
-            "contrast.enabled=false for cross-entropy only"
-        )
     if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
         raise ConfigError(f"eval.scales must be positive factors, got {cfg.eval.scales!r}")
-    if cfg.data.ingest == "ray_data" and cfg.data.source != "parquet":
-        raise ConfigError(
-            "data.ingest=ray_data streams Parquet shards: set data.source=parquet and data.parquet_dir "
-            "(write shards with `raycontrast convert`)"
-        )
-    if cfg.data.source == "parquet" and not cfg.data.parquet_dir:
-        raise ConfigError("data.source=parquet needs data.parquet_dir")
-    if cfg.data.dataset != "synthetic" and cfg.data.source == "files" and not cfg.data.root:
-        raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}")
-    _check_workers(cfg.train)
-    if cfg.train.amp == "fp16" and not cfg.train.use_gpu:
-        raise ConfigError("train.amp=fp16 needs train.use_gpu=true; use bf16 on CPU")
-    if cfg.train.sync_bn and not cfg.train.use_gpu:
-        raise ConfigError(
-            "train.sync_bn=true needs train.use_gpu=true (torch's SyncBatchNorm runs on GPUs)"
-        )
-    if cfg.bank.overlap and cfg.bank.mode != "actor":
-        raise ConfigError("bank.overlap=true applies to bank.mode=actor only")
-    if cfg.bank.shards > 1 and cfg.bank.mode != "actor":
-        raise ConfigError(f"bank.shards={cfg.bank.shards} applies to bank.mode=actor only")
 
 
 def _check_workers(t: TrainConfig) -> None:
@@ -580,28 +585,30 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a {_type_name(tp)}, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
+    if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
             value = _number(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if _is_number(value):
             if not math.isfinite(value):
                 raise _NotFinite(f"{key}={value!r} is not a finite number")
             return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a field type this module does not know
+    elif tp not in _SCALARS:  # pragma: no cover - a field type this module does not know
         raise TypeError(f"unsupported config type {tp!r} for {key}")
+    elif _SCALARS[tp](value):
+        return value
     raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_SCALARS = {
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
 
 
 def _check_bounds(value: Any, meta: Mapping[str, Any], key: str) -> None:

@@ -79,7 +79,9 @@ class Preflight:
         workers = (
             f"{t.min_workers}-{t.max_workers} workers, elastic"
             if t.elastic
-            else f"{max(t.num_workers, 1)} worker(s)"
+            else f"{t.num_workers} worker(s)"
+            if t.num_workers
+            else "local mode: the loop runs in the driver"
         )
         lines = [
             yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip(),

@@ -39,6 +39,7 @@ TRAIN_FIELDS = [
     "it_per_s",
     "anchors",
     "bank_entries",
+    "bank_dropped",
     "skipped_samples",
 ]
 VAL_FIELDS = ["iteration", "mIoU", "mAcc", "aAcc", "fwIoU"]

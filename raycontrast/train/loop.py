@@ -364,6 +364,7 @@ class Trainer:
                 it_per_s=self.logger.speed(done),
                 anchors=losses.contrast.num_anchors if losses.contrast is not None else 0,
                 bank_entries=len(self.replica) if self.replica is not None else 0,
+                bank_dropped=self.replica.dropped if self.replica is not None else 0,
                 skipped_samples=self.totals["skipped_samples"],
             )
             self.logger.train(row)
@@ -505,7 +506,11 @@ class Trainer:
         sync = self.sync
         bank = None
         if sync is not None:
-            bank = sync.traffic() | {"mode": sync.mode, **self.bank_check}
+            bank = sync.traffic() | {
+                "mode": sync.mode,
+                "dropped_records": self.replica.dropped,
+                **self.bank_check,
+            }
         return {
             "status": status,
             "iterations": done,

@@ -31,6 +31,10 @@ def test_nonfinite_loss_stops_naming_the_term_or_skips_the_step(ray_session, tin
     else:
         summary = run_training(cfg)
         assert summary["iterations"] == 4 and summary["skipped_steps"] == 1
+        # the skipped step (iteration 3) enqueued nothing; the others did
+        entries = [int(r["bank_entries"]) for r in read_rows(summary["run_dir"])]
+        assert entries[0] < entries[1] == entries[2] < entries[3], entries
+        assert summary["bank"]["dropped_records"] == 0
 
 
 def test_bf16_autocast_trains(ray_session, tiny):

@@ -102,9 +102,8 @@ def contrast_breakdown(repeats: int, steps: int = 10) -> dict:
         select_records,
     )
     from raycontrast.contrast.sampling import resize_labels, resize_predictions
-    from raycontrast.data import dataset_info
+    from raycontrast.data import build_dataset, dataset_info
     from raycontrast.models import build_segmentor
-    from raycontrast.data import build_dataset
     from raycontrast.train.losses import cross_entropy
 
     torch.set_num_threads(1)  # a Train worker has one CPU here

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from raycontrast.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict
-from raycontrast.models.errors import CheckpointError
+from raycontrast.models.errors import CheckpointError, describe_load_failure
 from raycontrast.models.segmentor import Segmentor, build_segmentor, unwrap_model
 
 __all__ = [
@@ -138,7 +138,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as err:
         # torch's own message suggests weights_only=False, which would run code from the file
         raise CheckpointError(
-            f"cannot read checkpoint {file}: {_load_failure(err)}; pass a checkpoint "
+            f"cannot read checkpoint {file}: {describe_load_failure(err)}; pass a checkpoint "
             f"directory written by `raycontrast train` or its {CHECKPOINT_FILE}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -156,19 +156,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"checkpoint {file} lacks key(s) {missing}")
     return state
-
-
-def _load_failure(err: BaseException) -> str:
-    """The gist of a ``torch.load`` failure, without torch's advice to disable ``weights_only``."""
-    import re
-
-    text = str(err)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
-        return f"it holds a Python object ({found.group(1)}), which is never loaded, for safety"
-    if "zip archive" in text or "central directory" in text:
-        return "a corrupt or truncated torch.save file"
-    return f"not a file written by torch.save ({type(err).__name__})"
 
 
 def _strip_wrappers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from raycontrast.models.errors import ModelError
+from raycontrast.models.errors import ModelError, describe_load_failure
 
 __all__ = ["PretrainedReport", "load_pretrained_backbone", "read_state_dict"]
 
@@ -59,8 +59,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ModelError(
-            f"model.pretrained: cannot read {path} with torch.load(weights_only=True): {err}"
-        ) from err
+            f"model.pretrained: cannot read {path}: {describe_load_failure(err)}; pass a state "
+            "dict saved with torch.save or a .safetensors file"
+        ) from None
     for _ in range(3):
         if not isinstance(data, Mapping):
             break

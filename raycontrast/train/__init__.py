@@ -1,26 +1,27 @@
 """Distributed training on Ray Train with a shared memory bank.
 
-Public API: :func:`run_training` (what ``raycontrast train`` calls) and the worker entry point
-:func:`train_loop_per_worker` for users who build their own ``TorchTrainer``.
+Public API: :func:`run_training` (what ``raycontrast train`` calls), :func:`preflight` (the checks it
+runs before any worker starts; ``--dry-run``), and for users who build their own ``TorchTrainer`` the
+worker entry point :func:`train_loop_per_worker` and its :class:`Trainer`. Launch helpers (connecting
+to Ray, storage and data checks) live in :mod:`raycontrast.train.launcher`.
+
+Example:
+    >>> from raycontrast.config import load_config
+    >>> from raycontrast.train import run_training
+    >>> summary = run_training(load_config(None, ["train.iterations=100"]))
+    >>> summary["mIoU"]
 """
 
-from raycontrast.train.launcher import (
-    TrainingInterrupted,
-    check_data,
-    check_storage,
-    connect,
-    run_dir_of,
-    run_training,
-)
-from raycontrast.train.loop import NonFiniteLoss, train_loop_per_worker
+from raycontrast.train.launcher import TrainingInterrupted, WorkerFailure, run_training
+from raycontrast.train.loop import NonFiniteLoss, Trainer, train_loop_per_worker
+from raycontrast.train.preflight import preflight
 
 __all__ = [
     "NonFiniteLoss",
+    "Trainer",
     "TrainingInterrupted",
-    "check_data",
-    "check_storage",
-    "connect",
-    "run_dir_of",
+    "WorkerFailure",
+    "preflight",
     "run_training",
     "train_loop_per_worker",
 ]

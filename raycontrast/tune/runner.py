@@ -172,7 +172,7 @@ def run_sweep(
         resume: continue an interrupted sweep (``Tuner.restore``), trials resuming from checkpoints.
         address: Ray cluster address (default: ``$RAY_ADDRESS``, else a local instance).
     """
-    from raycontrast.train import connect
+    from raycontrast.train.launcher import connect
     from raycontrast.tune.sweep import check_sweep
 
     sweep = load_sweep(path, list(overrides))
@@ -222,7 +222,7 @@ def run_study(
     """
     from ray import tune
 
-    from raycontrast.train import connect
+    from raycontrast.train.launcher import connect
     from raycontrast.tune.study_results import write_results
 
     study = load_study(path, list(overrides))
@@ -272,7 +272,7 @@ def check_study(study: Study, address: str | None = None, cluster: bool = True) 
     """
     import os
 
-    from raycontrast.train import check_data, check_storage
+    from raycontrast.train.launcher import check_data, check_storage
 
     check_storage(study.config.storage_path)
     try:
@@ -302,7 +302,7 @@ def check_study(study: Study, address: str | None = None, cluster: bool = True) 
 
         available = None
         if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-            from raycontrast.train import connect
+            from raycontrast.train.launcher import connect
 
             connect(address)
         else:

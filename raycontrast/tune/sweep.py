@@ -265,7 +265,7 @@ def check_sweep(sweep: Sweep, address: str | None = None, cluster: bool = True) 
     if cluster:
         available = None
         if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-            from raycontrast.train import connect
+            from raycontrast.train.launcher import connect
 
             connect(address)
         else:

@@ -391,7 +391,9 @@ def _plots(study: Study, rows, tables, out: str) -> list[str]:
                     for r in rows_:
                         if r.get("iteration") is not None and r.get(field) is not None:
                             curves[key].setdefault(int(r["iteration"]), []).append(r[field])
-            for row, (key, label) in enumerate((("val", f"val {m} (%)"), ("ce", "training CE"))):
+            split = study.experiment(arm, regime).data.val_split
+            panels = (("val", f"{m} on '{split}' (%)"), ("ce", "training CE"))
+            for row, (key, label) in enumerate(panels):
                 ax = axes[row][col]
                 its = sorted(curves[key])
                 if not its:

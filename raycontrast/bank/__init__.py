@@ -2,9 +2,10 @@
 optionally class-sharded), all_gather, or private banks.
 
 The bank math (queues, FIFO writes, record selection) lives in :mod:`raycontrast.contrast`; this package is
-the thin distributed glue around it.
+the thin distributed glue around it. How records and bank states travel (``_wire``) is internal.
 """
 
+from raycontrast.bank._wire import assemble_bank, shard_classes
 from raycontrast.bank.actor import (
     BankActor,
     bank_actor_name,
@@ -13,14 +14,6 @@ from raycontrast.bank.actor import (
     shard_snapshot_uri,
 )
 from raycontrast.bank.sync import ActorSync, AllGatherSync, BankSync, LocalSync, make_bank_sync
-from raycontrast.bank.wire import (
-    assemble_bank,
-    pack_records,
-    pack_state,
-    shard_classes,
-    unpack_records,
-    unpack_state,
-)
 
 __all__ = [
     "ActorSync",
@@ -32,11 +25,7 @@ __all__ = [
     "bank_actor_name",
     "create_bank_actor",
     "make_bank_sync",
-    "pack_records",
-    "pack_state",
     "shard_actor_name",
     "shard_classes",
     "shard_snapshot_uri",
-    "unpack_records",
-    "unpack_state",
 ]

@@ -43,7 +43,7 @@ import ray
 import torch
 
 from raycontrast import storage
-from raycontrast.bank.wire import (
+from raycontrast.bank._wire import (
     concat_packed,
     pack_state,
     select_classes,
@@ -374,7 +374,7 @@ class BankActor:
     async def digest(self, whole: bool = True) -> dict[str, Any]:
         """SHA-1 (see :meth:`MemoryBank.digest`) of the whole bank, assembled from every shard's state
         when there are several (shard 0; cached per version), or of this shard's own bank."""
-        from raycontrast.bank.wire import assemble_bank
+        from raycontrast.bank._wire import assemble_bank
 
         await self._wait_applied()
         if self.shards == 1 or not whole:

@@ -34,9 +34,7 @@ import torch.distributed as dist
 
 from raycontrast import storage
 from raycontrast._distributed import is_distributed
-from raycontrast.bank.actor import NAMESPACE
-from raycontrast.bank.sync import BankSync
-from raycontrast.bank.wire import (
+from raycontrast.bank._wire import (
     concat_packed,
     pack_records,
     pack_state,
@@ -44,6 +42,8 @@ from raycontrast.bank.wire import (
     unpack_state,
     wire_nbytes,
 )
+from raycontrast.bank.actor import NAMESPACE
+from raycontrast.bank.sync import BankSync
 from raycontrast.contrast import BankRecords, MemoryBank
 
 __all__ = ["InlineActorSync", "InlineBankActor", "create_inline_bank_actor"]

@@ -20,8 +20,7 @@ import torch
 import torch.distributed as dist
 
 from raycontrast._distributed import is_distributed
-from raycontrast.bank.actor import NAMESPACE
-from raycontrast.bank.wire import (
+from raycontrast.bank._wire import (
     concat_packed,
     insert_classes,
     pack_records,
@@ -32,6 +31,7 @@ from raycontrast.bank.wire import (
     unpack_records,
     wire_nbytes,
 )
+from raycontrast.bank.actor import NAMESPACE
 from raycontrast.contrast import BankRecords, MemoryBank
 
 __all__ = ["ActorSync", "AllGatherSync", "BankSync", "LocalSync", "make_bank_sync"]

@@ -417,8 +417,8 @@ class Trainer:
                 self.replica,
             )
         self._report(report, state)
-        if self._bank_actor is not None and self.rank == 0:
-            ray.get(self._bank_actor.snapshot.remote(), timeout=self.cfg.train.collective_timeout_s)
+        if self.sync is not None and self.rank == 0:
+            self.sync.snapshot()
         return report
 
     def _evaluate(self) -> dict[str, Any]:
@@ -465,11 +465,9 @@ class Trainer:
             "bank_replicas_identical": len(set(digests)) == 1,
             "bank_entries": len(self.sync.replica),
         }
-        if self._bank_actor is not None:
-            actor = ray.get(
-                self._bank_actor.digest.remote(), timeout=self.cfg.train.collective_timeout_s
-            )
-            check["bank_matches_actor"] = actor["digest"] == digests[0]
+        authoritative = self.sync.actor_digest()
+        if authoritative is not None:
+            check["bank_matches_actor"] = authoritative["digest"] == digests[0]
         if self.rank == 0 and self.sync.mode != "local" and not check["bank_replicas_identical"]:
             console(f"[bank] replicas differ: {digests}")
         for key, value in check.items():

@@ -252,7 +252,7 @@ def test_bad_shard_counts_and_arguments_are_clear_errors():
 
 
 def test_shard_parts_assemble_to_the_bank():
-    from raycontrast.bank.wire import pack_state, select_classes, take_classes
+    from raycontrast.bank._wire import pack_state, select_classes, take_classes
 
     bank = plain_bank(range(5))
     parts = [
@@ -262,7 +262,7 @@ def test_shard_parts_assemble_to_the_bank():
     assert assemble_bank(SPEC, parts).equal(bank)
     with pytest.raises(ValueError, match="every class exactly once"):
         assemble_bank(SPEC, parts[:2])
-    from raycontrast.bank import pack_records
+    from raycontrast.bank._wire import pack_records
 
     packed = pack_records(records_for(0, 0))
     mine = select_classes(packed, [1, 3], C)

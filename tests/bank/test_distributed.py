@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from raycontrast.bank import assemble_bank, create_bank_actor, make_bank_sync, pack_state
+from raycontrast.bank import assemble_bank, create_bank_actor, make_bank_sync
+from raycontrast.bank._wire import pack_state
 from raycontrast.bank.actor import NAMESPACE
 from raycontrast.contrast import BankRecords, MemoryBank
 
@@ -96,7 +97,7 @@ def _worker(config):
 
 
 def test_replicas_equal_the_actors_and_allgather_builds_the_same_bank(ray_session, tmp_path):
-    from raycontrast.bank import unpack_state
+    from raycontrast.bank._wire import unpack_state
 
     heads = {
         "one_actor": create_bank_actor("t-dist-1", SPEC, 2, None),
@@ -158,7 +159,7 @@ def _restarting_worker(config):
 
 
 def test_a_worker_dies_and_the_group_restarts_from_the_checkpoint(ray_session, tmp_path):
-    from raycontrast.bank import unpack_state
+    from raycontrast.bank._wire import unpack_state
 
     head = create_bank_actor("t-dist-restart", SPEC, 2, None, shards=2)
     config = {"actor": "raycontrast-bank:t-dist-restart", "dir": str(tmp_path)}

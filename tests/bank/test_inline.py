@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from raycontrast.bank import unpack_state
+from raycontrast.bank._wire import unpack_state
 from raycontrast.bank.inline import InlineActorSync as ActorSync
 from raycontrast.bank.inline import create_inline_bank_actor
 from raycontrast.contrast import BankRecords, MemoryBank

@@ -78,7 +78,7 @@ def test_write_steps_travel_with_the_state_and_the_digest():
     copy = MemoryBank(3, 5, 4)
     copy.load_state_dict(bank.state_dict())
     assert copy.equal(bank) and copy.digest() == bank.digest()
-    from raycontrast.bank.wire import pack_state, unpack_state
+    from raycontrast.bank._wire import pack_state, unpack_state
 
     packed = pack_state(bank)
     for value in packed.values():  # as arrays arrive from the object store: read-only

@@ -319,7 +319,7 @@ class MemoryBank:
             self.written.fill_(-1)
         elif isinstance(written, Tensor):
             self.written.copy_(written)
-        else:  # a numpy array (raycontrast.bank.wire)
+        else:  # a numpy array (raycontrast.bank._wire)
             self.written.copy_(torch.tensor(written, dtype=torch.long))
 
     def digest(self) -> str:

@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from raycontrast import storage
 from raycontrast.eval.compare import ReportError, RunRecord, compare_runs, load_run
 from raycontrast.tune.stats import paired_difference, summarize
@@ -303,6 +305,10 @@ def write_results(study: Study) -> dict[str, Any]:
         storage.write_bytes(
             storage.join(out, f"{name}.csv"), _frame(table).to_csv(index=False).encode()
         )
+    storage.write_bytes(
+        storage.join(out, "study.yaml"),
+        yaml.safe_dump(study_dict(study), sort_keys=False).encode(),
+    )
     md = study_markdown(study, rows, tables)
     storage.write_bytes(storage.join(out, "study.md"), md.encode())
     storage.write_bytes(

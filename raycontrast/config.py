@@ -225,6 +225,12 @@ class ContrastConfig:
         0.5, "mixed: fraction of k that are hardest negatives.", ge=0.0, le=1.0
     )
     reset_every_epoch: bool = param(False, "Empty the bank at the start of each epoch.")
+    label_resize: str = param(
+        "nearest-exact",
+        "How labels reach the embedding grid (anchors, bank records): nearest-exact takes the pixel "
+        "at each cell's centre; nearest takes its top-left pixel, as the original code does.",
+        choices=("nearest-exact", "nearest"),
+    )
 
 
 @dataclass

@@ -87,7 +87,7 @@ class PixelContrastLoss(nn.Module):
         """
         cfg = self.cfg
         size = tuple(embed.shape[-2:])
-        labels_small = resize_labels(labels, size)
+        labels_small = resize_labels(labels, size, cfg.label_resize)
         if iteration < cfg.warmup_iters:
             return ContrastOutput(zero_with_graph(embed), labels_small)
         with torch.no_grad():

@@ -9,17 +9,20 @@ from torch import Tensor
 __all__ = ["group_ranks", "resize_labels", "resize_predictions", "sample_anchors"]
 
 
-def resize_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_labels(labels: Tensor, size: tuple[int, int], mode: str = "nearest-exact") -> Tensor:
     """Nearest-neighbour resize of ``(B, H, W)`` integer labels to ``size`` (the resize used everywhere).
 
-    Each output cell takes the input pixel nearest to the cell's centre, where the feature of that cell
-    sits (``nearest-exact``). PyTorch's legacy ``nearest`` (and the original code) takes the cell's
-    top-left pixel instead: half a cell off, which on the synthetic default (stride 8, 12x12 embeddings)
-    mislabels 15% of the cells against 3%, and hard-anchor sampling draws mostly from those cells.
+    ``nearest-exact`` (default): each output cell takes the input pixel nearest to the cell's centre,
+    where the feature of that cell sits. ``nearest``: PyTorch's legacy mode, as the original code, takes
+    the cell's top-left pixel instead: half a cell off, which on the synthetic default (stride 8, 12x12
+    embeddings) mislabels 15% of the cells against 3%, and hard-anchor sampling draws mostly from those
+    cells (``contrast.label_resize``).
     """
+    if mode not in ("nearest-exact", "nearest"):
+        raise ValueError(f"label resize mode must be nearest-exact or nearest, got {mode!r}")
     if tuple(labels.shape[-2:]) == tuple(size):
         return labels
-    out = F.interpolate(labels[:, None].float(), size=size, mode="nearest-exact")
+    out = F.interpolate(labels[:, None].float(), size=size, mode=mode)
     return out[:, 0].to(labels.dtype)
 
 

@@ -118,3 +118,11 @@ def test_a_cell_is_labelled_by_its_content_not_its_corner():
     labels = torch.full((1, 16, 16), 1)
     labels[:, ::8, :] = 0  # the top row of every 8x8 cell is class 0, the rest class 1
     assert resize_labels(labels, (2, 2)).eq(1).all()
+
+
+def test_label_resize_nearest_reproduces_the_original_top_left_pixel():
+    labels = torch.full((1, 16, 16), 1)
+    labels[:, ::8, ::8] = 0  # the top-left pixel of every 8x8 cell
+    assert resize_labels(labels, (2, 2), "nearest").eq(0).all()
+    with pytest.raises(ValueError, match="nearest-exact or nearest"):
+        resize_labels(labels, (2, 2), "bilinear")

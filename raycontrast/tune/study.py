@@ -42,6 +42,7 @@ from raycontrast.config import (
     did_you_mean,
     load_config,
     param,
+    read_yaml_mapping,
 )
 
 __all__ = [
@@ -271,14 +272,7 @@ def load_study(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
             metric training never reports.
     """
     path = Path(path).resolve()
-    if not path.is_file():
-        raise ConfigError(f"study file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "study")
     source = str(path)
     if "seeds" not in raw:
         raise ConfigError(f"{source}: 'seeds' is required (a list of at least 2 seeds)")
@@ -293,6 +287,23 @@ def load_study(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
             extra.remove(item)
     cfg = config_from_dict(StudyConfig, raw, source=source)
     cfg.storage_path = storage.resolve(cfg.storage_path)  # trials run in their own directories
+    _check_header(cfg, arms, [*cfg.overrides, *extra], source)
+    base_path = (path.parent / cfg.base).resolve()
+    study = Study(cfg, seeds, arms, regimes, path, base_path, extra)
+    try:
+        common = _flatten(_comparable(load_config(base_path, [*cfg.overrides, *extra])))
+    except ConfigError as err:
+        raise ConfigError(f"{source}: base {cfg.base!r} + overrides: {err}") from None
+    _check_changes(study, common, regimes, "regime", source)
+    _check_changes(study, common, arms, "arm", source)
+    _check_distinct_arms(study, source)
+    return study
+
+
+def _check_header(
+    cfg: StudyConfig, arms: dict[str, Any], overrides: list[str], source: str
+) -> None:
+    """The study-level keys: base, name, metric, reference arm, no seed overrides."""
     if not cfg.base:
         raise ConfigError(
             f"{source}: 'base' (the experiment YAML every arm starts from) is required"
@@ -310,20 +321,16 @@ def load_study(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
             f"{source}: reference arm {cfg.reference!r} is not one of the arms "
             f"({', '.join(arms)})" + did_you_mean(cfg.reference, arms)
         )
-    for item in [*cfg.overrides, *extra]:
+    for item in overrides:
         if item.partition("=")[0].strip() == "train.seed":
             raise ConfigError(f"{source}: override {item!r}: seeds come from 'seeds'")
-    base_path = (path.parent / cfg.base).resolve()
-    study = Study(cfg, seeds, arms, regimes, path, base_path, extra)
-    try:
-        common = _flatten(_comparable(load_config(base_path, [*cfg.overrides, *extra])))
-    except ConfigError as err:
-        raise ConfigError(f"{source}: base {cfg.base!r} + overrides: {err}") from None
-    _check_changes(study, common, regimes, "regime", source)
-    _check_changes(study, common, arms, "arm", source)
-    for regime in regimes:
+
+
+def _check_distinct_arms(study: Study, source: str) -> None:
+    """Every arm builds a valid experiment, and no two arms build the same one (per regime)."""
+    for regime in study.regimes:
         seen: dict[str, str] = {}
-        for arm in arms:
+        for arm in study.arms:
             try:
                 cfg_ = study.experiment(arm, regime)
             except ConfigError as err:
@@ -336,7 +343,6 @@ def load_study(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
                     f"{seen[key]!r}'s" + (f" (regime {regime!r})" if regime else "")
                 )
             seen[key] = arm
-    return study
 
 
 def _check_changes(

@@ -342,9 +342,6 @@ def _plots(study: Study, rows, tables, out: str) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
-    from raycontrast.tune.stats import summarize as summ
 
     cfg = study.config
     m = cfg.metric
@@ -383,8 +380,20 @@ def _plots(study: Study, rows, tables, out: str) -> list[str]:
     fig.tight_layout()
     written.append(_save(fig, storage.join(out, f"{m}_per_arm.png")))
     plt.close(fig)
+    written.append(_plot_curves(study, out))
+    return written
 
-    # learning curves: validation metric and training CE, mean and interval band over seeds
+
+def _plot_curves(study: Study, out: str) -> str:
+    """Learning curves: validation metric and training CE, mean and interval band over seeds."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from raycontrast.tune.stats import summarize as summ
+
+    cfg = study.config
+    m = cfg.metric
+    regimes = list(study.regimes)
     fig, axes = plt.subplots(2, len(regimes), figsize=(5.5 * len(regimes), 7), squeeze=False)
     for col, regime in enumerate(regimes):
         for i, arm in enumerate(study.arms):
@@ -418,6 +427,6 @@ def _plots(study: Study, rows, tables, out: str) -> list[str]:
         if axes[0][col].get_legend_handles_labels()[0]:
             axes[0][col].legend(fontsize=8)
     fig.tight_layout()
-    written.append(_save(fig, storage.join(out, "curves.png")))
+    path = _save(fig, storage.join(out, "curves.png"))
     plt.close(fig)
-    return written
+    return path

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raycontrast.contrast import _chunking
 from raycontrast.contrast.loss import Block
 from raycontrast.contrast.memory import KINDS, MemoryBank
 
@@ -44,8 +45,6 @@ closest other class centroid."""
 LOSS_STATS = ("positive_share", "positive_cos", "hardest_negative_cos")
 """``bank/loss/*``: share of anchors whose class has entries in memory; mean over anchors of the mean
 cosine to their positives in memory; mean over anchors of the largest cosine to a negative."""
-
-_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -192,7 +191,7 @@ def memory_loss_stats(
     pos_sum = z.new_zeros(len(pick))
     pos_n = z.new_zeros(len(pick))
     neg_max = z.new_full((len(pick),), -math.inf)
-    step = max(1, _CHUNK_ELEMENTS // len(pick))
+    step = _chunking.chunk_step(len(pick))
     with torch.no_grad():
         for c, start, stop in blocks:
             own = y == c

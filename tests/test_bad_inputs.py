@@ -308,18 +308,16 @@ def test_overrides_after_address(capsys, tmp_path):
     assert code == 2 and "override 'not-an-override' must look like key=value" in msg
 
 
-def test_unreachable_address_is_one_clear_line(capsys, tmp_path, monkeypatch):
-    import ray
-
-    if ray.is_initialized():
-        pytest.skip("Ray is already initialised in this process (the address is not used)")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    code, msg = run_cli(
-        capsys, "train", "--address", "127.0.0.1:1", *TINY_MODEL, f"storage_path={tmp_path}"
-    )
-    assert code == 2
-    assert "cannot reach the Ray cluster at --address=127.0.0.1:1" in msg
-    assert not ray.is_initialized() and not any(tmp_path.iterdir())
+def test_unreachable_address_is_one_clear_line(tmp_path):
+    # its own process: the suite's shared Ray instance must not answer for the address
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "raycontrast.cli", "train", "--address", "127.0.0.1:1",
+           *TINY_MODEL, f"storage_path={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot reach the Ray cluster at --address=127.0.0.1:1" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())
 
 
 SWEEP = """

@@ -264,7 +264,7 @@ class Trainer:
             done = it + 1
             window.add(losses)
             self._log(done, epoch, losses, window)
-            if done % cfg.train.eval_every == 0 or done == cfg.train.iterations:
+            if self._evaluates_at(done):
                 self.evaluate_and_checkpoint(done, epoch, float(losses.total.detach()))
                 self.model.train()
         if self.sync is not None:
@@ -289,8 +289,7 @@ class Trainer:
 
         with self._autocast():
             out = self.model(images)
-        done = it + 1
-        at_eval = done % cfg.train.eval_every == 0 or done == cfg.train.iterations
+        at_eval = self._evaluates_at(it + 1)
         losses = step_losses(
             cfg,
             out,
@@ -323,6 +322,10 @@ class Trainer:
                 records = BankRecords.empty(cfg.model.proj_dim, self.replica.dtype, self.device)
             self.sync.exchange(it, records)
         return losses
+
+    def _evaluates_at(self, done: int) -> bool:
+        """Whether the evaluation (and checkpoint) follows the iteration that makes ``done``."""
+        return done % self.cfg.train.eval_every == 0 or done == self.cfg.train.iterations
 
     def _apply_gradients(self, it: int, losses: StepLosses) -> bool:
         """Backward and optimiser step when every rank's loss is finite; else skip (or stop)."""

@@ -2,15 +2,16 @@
 
 Data plane. Each step every worker ``ray.put``s its record batch once and passes the reference (inside a
 list, so Ray hands the reference over instead of resolving it) to the bank actor. When every rank's
-reference for a step has arrived, the actor puts the rank-ordered list of references as one small object
-(the step's *log entry*; up to :data:`INLINE_REFS` ranks the list travels in the answer itself) and
-answers each worker with the log entries since that worker's version. Workers
+reference for a step has arrived, the rank-ordered list of references becomes the step's *log entry*
+and the actor answers each worker with the log entries since that worker's version. Workers
 ``ray.get`` the entries and the batches they name (one shared copy per node, zero-copy on the node that
 holds it) and write them to their replica in rank order. The actor reads every batch once too, to keep
 the authoritative bank (recovery, snapshots, digests), off the answer's critical path.
 
-Bytes leaving the actor per step: N answers of at most 16 references each (< 4 KB), or beyond 16 ranks
-one reference each plus one list of N references put once; bytes leaving a worker: its own batch, once. Answering every worker with every batch by value
+Bytes leaving the actor per step: N answers of N references each (N² x :data:`REF_NBYTES`: 0.9 MB at
+64 ranks); bytes leaving a worker: its own batch, once. (Putting each entry once and answering with
+its reference would keep the actor's bytes linear, but Ray 2.60 leaks batches whose references travel
+inside an object the actor put, about one batch every third step: measured, so not done.) Answering every worker with every batch by value
 (:mod:`raycontrast.bank.inline`) sent N² batches through the actor.
 
 Shards (``bank.shards: S``). Actor ``s`` owns the classes ``c % S == s`` and holds only their queues: it
@@ -66,10 +67,6 @@ __all__ = [
 NAMESPACE = "raycontrast"
 _SHARDS: dict[str, list[Any]] = {}  # shard handles this driver created, kept alive per run
 REF_NBYTES = 230  # a serialized ObjectRef (id + owner address), measured with ray.cloudpickle
-# Up to this many ranks a log entry is the list of references itself (an answer stays under 4 KB and
-# workers need no extra fetch); beyond, the list is put once and the entry is its reference, so an
-# answer's size does not grow with the world size.
-INLINE_REFS = 16
 
 
 def _copy_state(packed: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +88,6 @@ class BankActor:
         shard: this actor's shard index; ``shards``: how many shards hold the bank.
         peers: the other shards' actor names (shard 0 only: it forwards snapshots and assembles
             digests).
-        inline_refs: up to this many ranks a log entry travels as the list of references itself.
     """
 
     def __init__(
@@ -103,14 +99,12 @@ class BankActor:
         shard: int = 0,
         shards: int = 1,
         peers: list[str] | None = None,
-        inline_refs: int = INLINE_REFS,
     ):
         self.spec = dict(spec)
         self.num_classes = int(spec["num_classes"])
         self.shard, self.shards = shard, shards
         self.classes = shard_classes(self.num_classes, shards, shard)
         self.peer_names = list(peers or [])
-        self.inline_refs = inline_refs
         self._peers: list[Any] | None = None
         self.world_size = world_size
         self.snapshot_uri = snapshot_uri
@@ -120,7 +114,7 @@ class BankActor:
         self.version = 0  # steps committed (ordered, answerable)
         self.applied = 0  # steps written to self.bank (lags `version` by the batches being read)
         self.generation = 0  # bumped by load(): writes of an older generation are dropped
-        self.log: dict[int, ray.ObjectRef | list[ray.ObjectRef]] = {}
+        self.log: dict[int, list[ray.ObjectRef]] = {}
         self.pending: dict[int, dict[int, ray.ObjectRef]] = {}
         self.done: dict[int, asyncio.Event] = {}
         self.acked: dict[int, int] = {}
@@ -182,7 +176,7 @@ class BankActor:
             self.acked[rank] = since
             self._trim()
             answer = await self._answer(since, incarnation, step + 1)
-        refs = sum(len(e) if isinstance(e, list) else 1 for e in answer.get("entries", ()))
+        refs = sum(len(e) for e in answer.get("entries", ()))
         self.stats["bytes_out"] += REF_NBYTES * refs + wire_nbytes(answer)
         return answer
 
@@ -200,11 +194,7 @@ class BankActor:
     def _commit(self, step: int, refs: list[ray.ObjectRef]) -> None:
         """Make ``refs`` (rank order) version ``step + 1``: log it, and write it to the bank soon."""
         version = step + 1  # a jump over lost steps after a restart is intended
-        if len(refs) <= self.inline_refs:
-            self.log[version] = refs
-        else:  # one object holding the references, a few KB, put once
-            self.log[version] = ray.put(refs)
-            self.stats["bytes_out"] += REF_NBYTES * len(refs)
+        self.log[version] = refs
         self.version = version
         task = asyncio.get_running_loop().create_task(self._write(version, refs, self.generation))
         self._tasks.add(task)
@@ -466,7 +456,6 @@ def create_bank_actor(
     snapshot_every: int = 0,
     wait: bool = True,
     shards: int = 1,
-    inline_refs: int = INLINE_REFS,
 ) -> ray.actor.ActorHandle:
     """Start (or replace) the run's bank: ``shards`` named actors with no CPU slot (``num_cpus=0``).
     Returns shard 0's handle (keep it referenced while training runs; this process also keeps the
@@ -497,7 +486,6 @@ def create_bank_actor(
             shard,
             shards,
             peers,
-            inline_refs,
         )
 
     peers = [start(shard, []) for shard in range(1, shards)]
@@ -509,22 +497,17 @@ def create_bank_actor(
 
 
 def object_store_usage() -> dict[str, int]:
-    """The cluster's object stores (shared memory), from Ray's memory summary: ``needed_bytes`` is what
-    live references pin (what a long run must not grow); ``bytes`` / ``objects`` also count freed
-    objects Ray has not evicted yet."""
-    import re
+    """The cluster's object stores (shared memory), exact byte counts from the raylets' store stats:
+    ``needed_bytes`` is what live references pin (what a long run must not grow); ``bytes`` /
+    ``objects`` also count freed objects Ray has not evicted yet."""
+    # Ray's printed memory summary rounds "needed" to 0.01 % of the store (1.3 MB on a 13 GB store),
+    # too coarse for leak checks: read the numbers it is printed from.
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-    from ray._private.internal_api import memory_summary
-
-    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
-    found = re.search(
-        r"Plasma memory usage (\d+) MiB, (\d+) objects, ([\d.]+)% full, ([\d.]+)% needed", text
-    )
-    if found is None:
-        raise RuntimeError(f"unexpected Ray memory summary: {text[:200]!r}")
-    capacity = ray.cluster_resources().get("object_store_memory", 0)
+    reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
+    stats = reply.store_stats
     return {
-        "bytes": int(found.group(1)) * 1024**2,
-        "objects": int(found.group(2)),
-        "needed_bytes": int(float(found.group(4)) / 100 * capacity),
+        "bytes": int(stats.object_store_bytes_used),
+        "objects": int(stats.num_local_objects),
+        "needed_bytes": int(stats.object_store_bytes_primary_copy),
     }

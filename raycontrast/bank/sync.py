@@ -266,17 +266,8 @@ class ActorSync(BankSync):
                 self.bytes_received += wire_nbytes(answer["state"])
                 insert_classes(self.replica, self.classes[s], answer["state"])
                 self.full_syncs += 1
-            elif answer["entries"]:
-                put = [e for e in answer["entries"] if not isinstance(e, list)]
-                try:
-                    fetched = iter(ray.get(put, timeout=self.timeout_s))
-                    lists = [e if isinstance(e, list) else next(fetched) for e in answer["entries"]]
-                except ray.exceptions.ObjectLostError:
-                    # the shard died after answering (its log entries died with it): resync in full
-                    # from its next incarnation at the next exchange
-                    self.incarnations[s] = None
-                    continue
-                for v, refs in enumerate(lists, start=answer["first"]):
+            else:
+                for v, refs in enumerate(answer["entries"], start=answer["first"]):
                     entries.setdefault(v, {})[s] = refs
             self.versions[s] = answer["version"]
             self.incarnations[s] = answer["incarnation"]

@@ -16,6 +16,7 @@ from raycontrast.bank import (
 )
 from raycontrast.bank.actor import NAMESPACE, object_store_usage
 from raycontrast.contrast import BankRecords, MemoryBank
+from tests.bank.restart import kill_and_wait_restart
 
 pytestmark = pytest.mark.ray
 
@@ -80,14 +81,9 @@ def make_syncs(head, world=2, overlap=False, spec=SPEC):
     return syncs
 
 
-@pytest.mark.parametrize(
-    ("shards", "overlap", "inline_refs"), [(1, False, 16), (1, True, 0), (2, False, 16)]
-)
-def test_replicas_equal_the_actors_and_one_plain_bank(ray_session, shards, overlap, inline_refs):
-    """``inline_refs=0``: log entries travel as put objects (what runs beyond 16 ranks do)."""
-    head = create_bank_actor(
-        f"t-plane-{shards}-{overlap}", SPEC, 2, None, shards=shards, inline_refs=inline_refs
-    )
+@pytest.mark.parametrize(("shards", "overlap"), [(1, False), (1, True), (2, False)])
+def test_replicas_equal_the_actors_and_one_plain_bank(ray_session, shards, overlap):
+    head = create_bank_actor(f"t-plane-{shards}-{overlap}", SPEC, 2, None, shards=shards)
     syncs = make_syncs(head, overlap=overlap)
     assert len(syncs[0].shards) == shards
     run_steps(syncs, 7)
@@ -116,12 +112,6 @@ def test_traffic_is_proportional_to_records_not_bank_size(ray_session):
     assert traffic[6] == traffic[600] > 0
 
 
-def _kill_and_wait_restart(handle):
-    import ray
-
-    ray.kill(handle, no_restart=False)  # Ray restarts it; __init__ reloads the snapshot
-
-
 @pytest.mark.parametrize("shards", [1, 2])
 def test_restarted_actor_reloads_its_snapshot_and_replicas_resync(ray_session, tmp_path, shards):
     """Kill shard 0 (one actor) or shard 1 of 2 mid-run: it reloads its snapshot, each worker
@@ -138,9 +128,7 @@ def test_restarted_actor_reloads_its_snapshot_and_replicas_resync(ray_session, t
     )
     run_steps(syncs, 2, start=3)
     victim = 0 if shards == 1 else 1
-    _kill_and_wait_restart(
-        ray.get_actor(shard_actor_name(f"t-restart-{shards}", victim), NAMESPACE)
-    )
+    kill_and_wait_restart(ray.get_actor(shard_actor_name(f"t-restart-{shards}", victim), NAMESPACE))
     run_steps(syncs, 3, start=5)
     infos = [ray_get(h.describe.remote()) for h in shard_handles(head)]
     assert infos[victim]["restored_from"]["version"] == 3
@@ -185,14 +173,17 @@ def test_worker_group_restart_loads_the_checkpoint_bank_into_every_shard(ray_ses
     assert truth.equal(plain_bank(range(6)))
 
 
-def _settled_usage():
-    """Object-store usage once Ray's batched frees have landed (it stops falling)."""
+def _settled_usage(needed_at_most: int | None = None):
+    """Object-store usage once Ray's batched frees have landed: the object count stops falling and,
+    when given, pinned bytes are within ``needed_at_most`` (frees are asynchronous; a leak never
+    gets there, so waiting cannot hide one)."""
     last = object_store_usage()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         time.sleep(1.0)
         now = object_store_usage()
-        if now["objects"] >= last["objects"]:
+        settled = now["objects"] >= last["objects"]
+        if settled and (needed_at_most is None or now["needed_bytes"] <= needed_at_most):
             return now
         last = now
     return last
@@ -201,7 +192,7 @@ def _settled_usage():
 def test_object_references_are_released(ray_session):
     """A long run does not grow the object store: log entries are trimmed, batches freed."""
     spec = dict(SPEC, dim=2048, dtype=torch.float32, size=4)
-    head = create_bank_actor("t-release", spec, 2, None, shards=2, inline_refs=0)
+    head = create_bank_actor("t-release", spec, 2, None, shards=2)
     syncs = make_syncs(head, spec=spec, overlap=True)
     base = _settled_usage()
 
@@ -218,7 +209,7 @@ def test_object_references_are_released(ray_session):
     run(0, 10)
     early = _settled_usage()
     run(10, 40)
-    late = _settled_usage()
+    late = _settled_usage(needed_at_most=early["needed_bytes"] + 2 * 1024**2)
     infos = [ray_get(h.describe.remote()) for h in shard_handles(head)]
     assert all(i["log_entries"] <= 2 for i in infos)
     # a leak would add 40 steps x (2 batches of 40 x 2048 float32 = 328 KB + 2 log entries): 160
@@ -231,7 +222,7 @@ def test_object_references_are_released(ray_session):
     # (load) drops every retained reference
     ray_get([h.load.remote(None, 0) for h in shard_handles(head)])
     syncs.clear()
-    end = _settled_usage()
+    end = _settled_usage(needed_at_most=base["needed_bytes"] + 1024**2)
     assert end["needed_bytes"] <= base["needed_bytes"] + 1024**2, (base, end)
 
 

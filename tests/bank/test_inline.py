@@ -9,6 +9,7 @@ from raycontrast.bank._wire import unpack_state
 from raycontrast.bank.inline import InlineActorSync as ActorSync
 from raycontrast.bank.inline import create_inline_bank_actor
 from raycontrast.contrast import BankRecords, MemoryBank
+from tests.bank.restart import kill_and_wait_restart
 
 pytestmark = pytest.mark.ray
 
@@ -84,7 +85,6 @@ def test_replicas_equal_the_actor_and_hold_every_rank(ray_session, overlap):
 
 
 def test_restarted_actor_reloads_its_snapshot_and_replicas_resync(ray_session, tmp_path):
-    import ray
 
     snap = str(tmp_path / "bank" / "snapshot.pt")
     actor = create_inline_bank_actor("t-inline-restart", SPEC, world_size=2, snapshot_uri=snap)
@@ -92,7 +92,7 @@ def test_restarted_actor_reloads_its_snapshot_and_replicas_resync(ray_session, t
     run_steps(syncs, 3)
     ray_get(actor.snapshot.remote())
     run_steps(syncs, 2, start=3)
-    ray.kill(actor, no_restart=False)  # Ray restarts it; __init__ reloads the snapshot
+    kill_and_wait_restart(actor)
     run_steps(syncs, 2, start=5)
     info = ray_get(actor.describe.remote())
     assert info["restored_from"]["version"] == 3

@@ -51,7 +51,8 @@ def collect_runs(study: Study) -> list[dict[str, Any]]:
     """One row per run of the study: arm, regime, seed, status, final and best metric, per-class IoU.
 
     ``final`` is the metric at the run's last iteration (``train.iterations``); ``best`` the highest
-    over its evaluations. A run that has not reached its last iteration is ``incomplete`` (its values
+    over its evaluations; ``last_gain`` its change over the last evaluation interval (from
+    ``last_gain_from``), which says whether the curve had flattened. A run that has not reached its last iteration is ``incomplete`` (its values
     are kept in the table but left out of the statistics); one that never evaluated is ``missing``.
     """
     metric = study.config.metric
@@ -79,6 +80,8 @@ def collect_runs(study: Study) -> list[dict[str, Any]]:
             iterations=iterations,
             status="completed" if iterations >= cfg.train.iterations else "incomplete",
             best_iteration=int(val[values.index(best)]["iteration"]),
+            last_gain=values[-1] - values[-2] if len(values) > 1 else math.nan,
+            last_gain_from=int(val[-2]["iteration"]) if len(values) > 1 else math.nan,
             final_ce=_num(record.train[-1].get("ce")) if record.train else math.nan,
             train_wall_s=_num(record.summary.get("train_wall_s")),
         )
@@ -96,7 +99,8 @@ def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def analyse(study: Study, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The statistics tables from :func:`collect_runs` rows (completed runs only).
 
-    Returns ``arms`` (per regime and arm: n, mean, std, CI of final and best metric), ``paired``
+    Returns ``arms`` (per regime and arm: n, mean, std, CI of final and best metric and of the last
+    evaluation interval's gain), ``paired``
     (per regime and non-reference arm: paired difference with the reference over common seeds, its
     CI, t and p) and ``per_class`` (per regime, arm and class: mean IoU and paired difference with
     the reference).
@@ -116,6 +120,12 @@ def analyse(study: Study, rows: list[dict[str, Any]]) -> dict[str, list[dict[str
             for kind in ("final", "best"):
                 s = summarize([r[f"{kind}_{metric}"] for r in runs.values()], conf)
                 entry.update(s.as_dict(f"{kind}_"))
+            gains = [r.get("last_gain", math.nan) for r in runs.values()]
+            entry.update(summarize(gains, conf).as_dict("last_gain_"))
+            starts = [
+                r["last_gain_from"] for r in runs.values() if isinstance(r["last_gain_from"], int)
+            ]
+            entry["last_gain_from"] = min(starts, default=None)
             arms.append(entry)
             if arm != ref:
                 for kind in ("final", "best"):
@@ -240,7 +250,7 @@ def study_markdown(study: Study, rows: list[dict[str, Any]], tables: dict[str, A
                 f"{_pct(a['best_mean'])} ± {_pct(a['best_std'])} | "
                 f"{_interval(a['best_ci_low'], a['best_ci_high'])} | {' | '.join(delta)} |"
             )
-        lines.append("")
+        lines += ["", *_flattening(tables, regime, m, level), ""]
         pc = [t for t in tables["per_class"] if t["regime"] == regime and t["arm"] != ref]
         if pc:
             classes = list(dict.fromkeys(t["class"] for t in pc))
@@ -279,6 +289,23 @@ def study_markdown(study: Study, rows: list[dict[str, Any]], tables: dict[str, A
         "",
     ]
     return "\n".join(lines)
+
+
+def _flattening(tables: dict[str, Any], regime: str, metric: str, level: str) -> list[str]:
+    """One line per arm: how much the metric still rose over the last evaluation interval."""
+    parts = [
+        f"`{a['arm']}` {_pct(a['last_gain_mean'], True)} "
+        f"{_interval(a['last_gain_ci_low'], a['last_gain_ci_high'], True)} "
+        f"(from iteration {a['last_gain_from']})"
+        for a in tables["arms"]
+        if a["regime"] == regime and a.get("last_gain_n", 0) and a["last_gain_from"] is not None
+    ]
+    if not parts:
+        return []
+    return [
+        f"Still rising? Change of final {metric} over each run's last evaluation interval, mean and "
+        f"{level} interval over seeds: " + "; ".join(parts) + "."
+    ]
 
 
 def _val_split(study: Study) -> str:

@@ -185,6 +185,9 @@ def test_analysis_matches_plain_computations_and_labels_a_partial_study(write_st
     assert arms["ce"]["final_ci_high"] == pytest.approx(0.52 + half)
     assert arms["ce"]["best_mean"] == pytest.approx(sum(ce) / 2 + 0.01)
     assert arms["contrast"]["n"] == 3
+    # every run fell by 0.01 over its last evaluation interval (iterations 2 -> 4)
+    assert arms["contrast"]["last_gain_mean"] == pytest.approx(-0.01)
+    assert arms["ce"]["last_gain_from"] == 2
 
     paired = {p["value"]: p for p in out["paired"]}
     diffs = [0.03, 0.01]  # seed 2 has no reference: paired over seeds 0 and 1
@@ -198,6 +201,7 @@ def test_analysis_matches_plain_computations_and_labels_a_partial_study(write_st
     assert disc["diff_mean"] == pytest.approx(sum(diffs) / 4)
     md = (Path(out["results_dir"]) / "study.md").read_text()
     assert "**Partial study**: 1 run(s) not completed (ce-s2)" in md
+    assert "`contrast` -1.00 [-1.00, -1.00] (from iteration 2)" in md
     assert "| `ce` | `contrast.enabled=False` | 2/3 | 52.00 ± 2.83" in md
     assert "| `contrast` | (base) | 3/3 |" in md and "+2.00" in md
     for name in ("runs.csv", "arms.csv", "paired.csv", "per_class.csv", "mIoU_per_arm.png",

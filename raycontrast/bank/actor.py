@@ -9,10 +9,11 @@ holds it) and write them to their replica in rank order. The actor reads every b
 the authoritative bank (recovery, snapshots, digests), off the answer's critical path.
 
 Bytes leaving the actor per step: N answers of N references each (N² x :data:`REF_NBYTES`: 0.9 MB at
-64 ranks); bytes leaving a worker: its own batch, once. (Putting each entry once and answering with
-its reference would keep the actor's bytes linear, but Ray 2.60 leaks batches whose references travel
-inside an object the actor put, about one batch every third step: measured, so not done.) Answering every worker with every batch by value
-(:mod:`raycontrast.bank.inline`) sent N² batches through the actor.
+64 ranks); bytes leaving a worker: its own batch, once. Answering every worker with every batch by
+value (:mod:`raycontrast.bank.inline`) sent N² batches through the actor. (Putting each entry once and
+answering with its reference would keep the actor's bytes linear, but under Ray 2.60 batches whose
+references travel inside an object the actor put stay pinned, about one every third step: measured,
+so not done.)
 
 Shards (``bank.shards: S``). Actor ``s`` owns the classes ``c % S == s`` and holds only their queues: it
 writes its classes' records, snapshots them to its own file and restarts on its own. Shard 0 (the *head*,

@@ -52,8 +52,9 @@ def collect_runs(study: Study) -> list[dict[str, Any]]:
 
     ``final`` is the metric at the run's last iteration (``train.iterations``); ``best`` the highest
     over its evaluations; ``last_gain`` its change over the last evaluation interval (from
-    ``last_gain_from``), which says whether the curve had flattened. A run that has not reached its last iteration is ``incomplete`` (its values
-    are kept in the table but left out of the statistics); one that never evaluated is ``missing``.
+    ``last_gain_from``), which says whether the curve had flattened. A run that has not reached its
+    last iteration is ``incomplete`` (its values are kept in the table but left out of the
+    statistics); one that never evaluated is ``missing``.
     """
     metric = study.config.metric
     rows = []
@@ -100,10 +101,9 @@ def analyse(study: Study, rows: list[dict[str, Any]]) -> dict[str, list[dict[str
     """The statistics tables from :func:`collect_runs` rows (completed runs only).
 
     Returns ``arms`` (per regime and arm: n, mean, std, CI of final and best metric and of the last
-    evaluation interval's gain), ``paired``
-    (per regime and non-reference arm: paired difference with the reference over common seeds, its
-    CI, t and p) and ``per_class`` (per regime, arm and class: mean IoU and paired difference with
-    the reference).
+    evaluation interval's gain), ``paired`` (per regime and non-reference arm: paired difference with
+    the reference over common seeds, its CI, t and p) and ``per_class`` (per regime, arm and class:
+    mean IoU and paired difference with the reference).
     """
     cfg = study.config
     metric, conf, ref = cfg.metric, cfg.confidence, cfg.reference

@@ -82,7 +82,7 @@ def collect_runs(study: Study) -> list[dict[str, Any]]:
             status="completed" if iterations >= cfg.train.iterations else "incomplete",
             best_iteration=int(val[values.index(best)]["iteration"]),
             last_gain=values[-1] - values[-2] if len(values) > 1 else math.nan,
-            last_gain_from=int(val[-2]["iteration"]) if len(values) > 1 else math.nan,
+            last_gain_from=int(val[-2]["iteration"]) if len(values) > 1 else None,
             final_ce=_num(record.train[-1].get("ce")) if record.train else math.nan,
             train_wall_s=_num(record.summary.get("train_wall_s")),
         )
@@ -122,9 +122,7 @@ def analyse(study: Study, rows: list[dict[str, Any]]) -> dict[str, list[dict[str
                 entry.update(s.as_dict(f"{kind}_"))
             gains = [r.get("last_gain", math.nan) for r in runs.values()]
             entry.update(summarize(gains, conf).as_dict("last_gain_"))
-            starts = [
-                r["last_gain_from"] for r in runs.values() if isinstance(r["last_gain_from"], int)
-            ]
+            starts = [r["last_gain_from"] for r in runs.values() if r["last_gain_from"] is not None]
             entry["last_gain_from"] = min(starts, default=None)
             arms.append(entry)
             if arm != ref:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raycontrast.config import EvalConfig
-from raycontrast.eval.inference import infer
+from raycontrast.eval.inference import infer_with
 from raycontrast.eval.metrics import SegMetrics
 from raycontrast.progress import progress
 
@@ -144,16 +144,7 @@ def evaluate(
                 if limit is not None and seen + images.shape[0] > limit:
                     images, labels = images[: limit - seen], labels[: limit - seen]
                 images = images.to(device=device, dtype=torch.float32)
-                logits = infer(
-                    model_fn,
-                    images,
-                    num_classes,
-                    mode=cfg.mode,
-                    crop_size=cfg.crop_size,
-                    stride=cfg.stride,
-                    scales=cfg.scales,
-                    flip=cfg.flip,
-                )
+                logits = infer_with(model_fn, images, num_classes, cfg)
                 if tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
                     logits = F.interpolate(
                         logits, size=labels.shape[-2:], mode="bilinear", align_corners=False

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MODES", "infer", "slide_windows"]
+if TYPE_CHECKING:
+    from raycontrast.config import EvalConfig
+
+__all__ = ["MODES", "infer", "infer_with", "slide_windows"]
 
 MODES = ("whole", "slide", "multiscale")
 
@@ -156,3 +160,17 @@ def infer(
             n += 1
     assert total is not None
     return total / n
+
+
+def infer_with(model_fn: ModelFn, images: Tensor, num_classes: int, cfg: EvalConfig) -> Tensor:
+    """:func:`infer` with the test-time settings (mode, crop, stride, scales, flip) of ``cfg``."""
+    return infer(
+        model_fn,
+        images,
+        num_classes,
+        mode=cfg.mode,
+        crop_size=cfg.crop_size,
+        stride=cfg.stride,
+        scales=cfg.scales,
+        flip=cfg.flip,
+    )

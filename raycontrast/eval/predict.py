@@ -42,7 +42,7 @@ from raycontrast.config import (
 )
 from raycontrast.data.base import DatasetError
 from raycontrast.data.io import IMAGE_EXTENSIONS, decode_image, read_image
-from raycontrast.eval.inference import infer
+from raycontrast.eval.inference import infer_with
 from raycontrast.eval.visualize import class_palette, overlay, palette_for_classes, palette_image
 
 __all__ = ["Predictor", "find_checkpoint", "list_inputs", "load_predictor", "predict"]
@@ -83,17 +83,9 @@ class Predictor:
 
     def logits(self, images: Sequence[np.ndarray]) -> Tensor:
         """Logits ``(B, K, H, W)`` of ``uint8`` HxWx3 images of one size, at that size."""
-        ev = self.eval_cfg
         with torch.inference_mode():
-            return infer(
-                self.model_fn,
-                self.normalise(images),
-                self.num_classes,
-                mode=ev.mode,
-                crop_size=ev.crop_size,
-                stride=ev.stride,
-                scales=ev.scales,
-                flip=ev.flip,
+            return infer_with(
+                self.model_fn, self.normalise(images), self.num_classes, self.eval_cfg
             )
 
 

@@ -381,23 +381,14 @@ def predict_labels(
 
     A module (or a module's bound method) is put in eval mode for the call and restored after.
     """
-    from raycontrast.eval.inference import infer
+    from raycontrast.eval.inference import infer_with
 
     cfg = eval_cfg or EvalConfig()
     out = []
     with _eval_mode(model_fn), torch.inference_mode():
         for image in images:
             x = image.unsqueeze(0).to(device=device, dtype=torch.float32)
-            logits = infer(
-                model_fn,
-                x,
-                num_classes,
-                mode=cfg.mode,
-                crop_size=cfg.crop_size,
-                stride=cfg.stride,
-                scales=cfg.scales,
-                flip=cfg.flip,
-            )
+            logits = infer_with(model_fn, x, num_classes, cfg)
             out.append(logits.argmax(1)[0].cpu().numpy())
     return out
 

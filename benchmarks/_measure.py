@@ -76,22 +76,85 @@ def run_isolated(script: str, name: str, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_avg() -> float:
+    """The 1-minute load average (what "idle" is judged by)."""
+    return os.getloadavg()[0]
+
+
+_START_LOAD: list[float] = []
+
+
 def machine() -> dict:
+    """The machine's description and its state: call once at the start of a benchmark (it records
+    the load average then) and again through :func:`save`, which adds the load at the end."""
     import torch
 
+    if not _START_LOAD:
+        _START_LOAD.append(load_avg())
+    cores = os.cpu_count() or 1
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
+        "cpu_count": cores,
+        "cpu_model": _cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
         "device": "cpu",
+        "load_avg_start": _START_LOAD[0],
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
 
 
-def save(name: str, payload: dict) -> Path:
+def is_loaded(load: float) -> bool:
+    """A run counts as loaded when the 1-minute load average exceeds half the cores."""
+    return load > (os.cpu_count() or 1) / 2
+
+
+def add_force_flag(parser) -> None:
+    """``--force``: write a loaded run's results where the README reads them."""
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write results/<name> even when the machine was loaded at the start (the JSON still "
+        "says loaded: true)",
+    )
+
+
+def save(name: str, payload: dict, force: bool = False) -> Path:
+    """Write ``results/<name>`` with the machine's state at the start and end.
+
+    A run that started on a loaded machine (1-minute load average above half the cores) is marked
+    ``loaded: true`` and, unless ``force``, goes to ``results/<stem>_loaded.json`` instead, so the
+    figures the README quotes always come from idle runs.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
+    info = dict(payload.get("machine") or machine())
+    info.setdefault("load_avg_start", _START_LOAD[0] if _START_LOAD else load_avg())
+    info["load_avg_end"] = load_avg()
+    loaded = is_loaded(info["load_avg_start"])
+    info["loaded"] = loaded
+    payload = {**payload, "machine": info, "loaded": loaded}
     path = RESULTS / name
+    if loaded and not force:
+        path = RESULTS / (Path(name).stem + "_loaded.json")
+        print(
+            f"WARNING: the 1-minute load average was {info['load_avg_start']:.2f} at the start "
+            f"(> {(os.cpu_count() or 1) / 2:g}): the machine was not idle. Results written to "
+            f"{path} (marked loaded: true); rerun on an idle machine, or pass --force to write "
+            f"{RESULTS / name}.",
+            file=sys.stderr,
+        )
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
 

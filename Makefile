@@ -4,12 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: help venv install test lint format train tune bench bench-contrast bench-bank bench-bank-scale clean
+.PHONY: help venv install test lint format train tune docs bench bench-contrast bench-bank bench-bank-scale clean
 
 help:
 	@echo "make train           create .venv, install, run experiments/synthetic.yaml on a local Ray instance"
 	@echo "make test            create .venv, install dev extras, run ruff and the test suite"
 	@echo "make tune            run the smoke sweep experiments/sweeps/synthetic_smoke.yaml"
+	@echo "make docs            build the documentation site (mkdocs --strict) into site/"
 	@echo "make bench-contrast  contrast-loss and enqueue benchmark -> benchmarks/results/contrast.json"
 	@echo "make bench-bank      memory-bank exchange benchmark -> benchmarks/results/bank.json"
 	@echo "make bench-bank-scale  bank exchange at 2..16 simulated workers -> benchmarks/results/bank_scale.json"
@@ -41,6 +42,9 @@ train: $(STAMP)
 tune: $(STAMP)
 	$(BIN)/raycontrast tune experiments/sweeps/synthetic_smoke.yaml $(ARGS)
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: bench-contrast bench-bank
 
 bench-contrast: $(STAMP)
@@ -53,4 +57,4 @@ bench-bank-scale: $(STAMP)
 	$(BIN)/python benchmarks/bench_bank_scale.py $(ARGS)
 
 clean:
-	rm -rf .pytest_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf .pytest_cache .ruff_cache .hypothesis build site *.egg-info

@@ -1,12 +1,12 @@
-"""Regenerate the README's pictures (docs/*.png) from a trained run.
+"""Regenerate the documentation's pictures (docs/assets/*.png) from a trained run.
 
     .venv/bin/python docs/make_pictures.py runs/synthetic
 
 Writes, with the functions training and ``raycontrast predict`` use:
 
-- ``docs/val_samples.png``: the validation sample grid (image | ground truth | prediction | errors);
-- ``docs/confusion.png``: the row-normalised confusion heatmap of the validation split;
-- ``docs/predict_overlays.png``: ``raycontrast predict`` on a folder of unseen synthetic scenes
+- ``docs/assets/val_samples.png``: the validation sample grid (image | ground truth | prediction | errors);
+- ``docs/assets/confusion.png``: the row-normalised confusion heatmap of the validation split;
+- ``docs/assets/predict_overlays.png``: ``raycontrast predict`` on a folder of unseen synthetic scenes
   (top: the inputs, bottom: the overlays it wrote).
 """
 
@@ -32,11 +32,11 @@ from raycontrast.eval import (
 from raycontrast.eval.predict import find_checkpoint
 from raycontrast.models import load_segmentor
 
-DOCS = Path(__file__).resolve().parent
+ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def _small(image: Image.Image, path: Path) -> None:
-    """Save with a 256-colour palette: the README's copies stay small."""
+    """Save with a 256-colour palette: the documentation's copies stay small."""
     image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
@@ -61,7 +61,7 @@ def main(run_dir: str) -> None:
             eval_cfg=eval_cfg,
             height=144,
         )
-        _small(Image.open(tmp / "plots" / "val_samples_000000.png"), DOCS / "val_samples.png")
+        _small(Image.open(tmp / "plots" / "val_samples_000000.png"), ASSETS / "val_samples.png")
 
         metrics = evaluate(seg.predict, val, info.num_classes, cfg.data.ignore_index, eval_cfg)
         miou = 100 * metrics.compute()["mIoU"]
@@ -71,7 +71,7 @@ def main(run_dir: str) -> None:
             tmp,
             title=f"synthetic val, {metrics.num_images} images (mIoU {miou:.1f} %), rows normalised",
         )
-        shutil.copy(png, DOCS / "confusion.png")
+        shutil.copy(png, ASSETS / "confusion.png")
 
         images = tmp / "images"
         images.mkdir()
@@ -91,9 +91,9 @@ def main(run_dir: str) -> None:
         sep = np.full((4, top.shape[1], 3), 24, np.uint8)
         montage = Image.fromarray(np.concatenate([top, sep, bottom], axis=0))
         montage = montage.resize((montage.width * 2, montage.height * 2), Image.Resampling.NEAREST)
-        _small(montage, DOCS / "predict_overlays.png")
+        _small(montage, ASSETS / "predict_overlays.png")
     for name in ("val_samples.png", "confusion.png", "predict_overlays.png"):
-        path = DOCS / name
+        path = ASSETS / name
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 

@@ -188,7 +188,7 @@ class DataConfig:
 
 @dataclass
 class ContrastConfig:
-    """Pixel contrast (SPEC.md): sampling, in-batch and memory terms, the memory bank's shape."""
+    """Pixel contrast (docs/concepts/spec.md): sampling, in-batch and memory terms, the memory bank's shape."""
 
     enabled: bool = param(True, "Add the pixel-contrast loss.")
     loss_weight: float = param(0.1, "Weight of the contrast loss.", ge=0.0)

@@ -117,4 +117,4 @@ def test_every_key_is_documented():
     rows = describe_config()
     assert {r[0] for r in rows} == set(config_keys())
     assert all(r[3] for r in rows)
-    assert ExperimentConfig().contrast.tau == 0.1  # SPEC.md defaults
+    assert ExperimentConfig().contrast.tau == 0.1  # docs/concepts/spec.md defaults

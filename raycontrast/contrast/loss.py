@@ -1,4 +1,4 @@
-"""Pixel-contrast InfoNCE losses (SPEC.md), computed per class block without ``N x M`` masks.
+"""Pixel-contrast InfoNCE losses (docs/concepts/spec.md), computed per class block without ``N x M`` masks.
 
 For an anchor ``i`` with label ``c`` and similarities ``s_ij = z_i . q_j / tau``, each positive ``j``
 (same class) has its own denominator: itself plus every negative ``k`` (other classes)::
@@ -239,7 +239,7 @@ def _check_inputs(anchors: Tensor, anchor_labels: Tensor, name: str = "anchors")
 def inbatch_contrast_loss(
     feats: Tensor, labels: Tensor, tau: float = 0.1, tau_base: float = 0.07
 ) -> Tensor:
-    """In-batch pixel-to-pixel contrast: every anchor against every other anchor (SPEC.md).
+    """In-batch pixel-to-pixel contrast: every anchor against every other anchor (docs/concepts/spec.md).
 
     Args:
         feats: ``(N, D)`` anchor embeddings (L2-normalised in practice).
@@ -273,7 +273,7 @@ def memory_contrast_loss(
     sampling: MemorySampling | str = "all",
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Anchors against memory entries (pixel and/or region), one InfoNCE (SPEC.md).
+    """Anchors against memory entries (pixel and/or region), one InfoNCE (docs/concepts/spec.md).
 
     Args:
         anchors: ``(N, D)`` anchor embeddings.
@@ -281,7 +281,8 @@ def memory_contrast_loss(
         memory: ``(M, D)`` memory entries (any float dtype; computed in float32, or float64).
             Entries sorted by label are used in place; otherwise a sorted copy is made.
         memory_labels: ``(M,)`` entry classes.
-        tau, tau_base: temperature and base temperature (loss scaled by ``tau / tau_base``).
+        tau: temperature.
+        tau_base: base temperature (the loss is scaled by ``tau / tau_base``).
         sampling: a :class:`~raycontrast.contrast.selection.MemorySampling` or a mode name
             (``all`` | ``hardest`` | ``semi_hard`` | ``mixed``, default parameters).
         generator: random source for ``semi_hard`` / ``mixed``.
@@ -349,7 +350,7 @@ def selected_contrast_loss(
     tau: float = 0.1,
     tau_base: float = 0.07,
 ) -> Tensor:
-    """The SPEC.md formula restricted to each anchor's selected positives and negatives."""
+    """The docs/concepts/spec.md formula restricted to each anchor's selected positives and negatives."""
     s = gather_similarity(anchors, store, selection.index, 1.0 / tau)
     pos, neg = selection.positive, selection.negative
     has_neg = neg.any(1, keepdim=True)

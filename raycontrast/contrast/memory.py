@@ -1,4 +1,4 @@
-"""The memory bank: per-class ring queues of pixel and region embeddings (SPEC.md).
+"""The memory bank: per-class ring queues of pixel and region embeddings (docs/concepts/spec.md).
 
 Enqueueing is split in two steps so that a distributed bank can ship the middle product:
 

@@ -1,4 +1,4 @@
-"""``PixelContrastLoss``: the training-time pixel contrast of SPEC.md in one module."""
+"""``PixelContrastLoss``: the training-time pixel contrast of docs/concepts/spec.md in one module."""
 
 from __future__ import annotations
 

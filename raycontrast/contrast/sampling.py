@@ -1,4 +1,4 @@
-"""Segmentation-aware hard anchor sampling (SPEC.md), vectorised over images and classes."""
+"""Segmentation-aware hard anchor sampling (docs/concepts/spec.md), vectorised over images and classes."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def sample_anchors(
     ignore_index: int = 255,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Pick anchors per (image, class): half hard (mispredicted), half easy, as SPEC.md.
+    """Pick anchors per (image, class): half hard (mispredicted), half easy, as docs/concepts/spec.md.
 
     For every image ``b`` and class ``c`` with more than ``max_views`` labelled pixels,
     ``n_view = min(max_samples // total, max_views)`` anchors are drawn at random: ``n_view // 2`` with

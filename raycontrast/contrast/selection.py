@@ -1,4 +1,4 @@
-"""Per-anchor sampling of memory entries (SPEC.md ``memory_sampling``), streamed over class blocks.
+"""Per-anchor sampling of memory entries (docs/concepts/spec.md ``memory_sampling``), streamed over class blocks.
 
 - ``hardest``: the ``k`` most similar negatives and the ``k`` least similar positives.
 - ``semi_hard``: the ``top_fraction`` most similar negatives / least similar positives, then ``k`` of
@@ -38,7 +38,7 @@ SAMPLING_MODES = ("all", "hardest", "semi_hard", "mixed")
 
 @dataclass(frozen=True)
 class MemorySampling:
-    """How each anchor's memory entries are chosen (SPEC.md ``memory_sampling``).
+    """How each anchor's memory entries are chosen (docs/concepts/spec.md ``memory_sampling``).
 
     Args:
         mode: ``all`` | ``hardest`` | ``semi_hard`` | ``mixed``.

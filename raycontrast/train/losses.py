@@ -1,4 +1,4 @@
-"""The training objective of one step: CE (+ aux) + weight x pixel contrast (SPEC.md)."""
+"""The training objective of one step: CE (+ aux) + weight x pixel contrast (docs/concepts/spec.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plain dense float64 references of SPEC.md's formulas, written for the tests (materialised masks)."""
+"""Plain dense float64 references of docs/concepts/spec.md's formulas, written for the tests (materialised masks)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def dense_contrast_loss(
     pos_mask: Tensor | None = None,
     neg_mask: Tensor | None = None,
 ) -> Tensor:
-    """SPEC.md: per positive, ``ell = S_ij - log(exp(S_ij) + sum_k N_ik exp(S_ik))``; mean over positives,
+    """docs/concepts/spec.md: per positive, ``ell = S_ij - log(exp(S_ij) + sum_k N_ik exp(S_ik))``; mean over positives,
     then over anchors with a positive. ``pos_mask``/``neg_mask`` override the label-derived masks."""
     if z.shape[0] == 0 or q.shape[0] == 0:
         return z.sum() * 0

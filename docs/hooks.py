@@ -5,6 +5,8 @@
   prints), with each section's docstring and each key's numeric bounds.
 - ``reference/cli.md``: the ``--help`` of ``raycontrast`` and of every subcommand, from the parser the
   command line uses.
+- ``index.md``: the README's front matter (what and why, set-up, the result, the commands), its links
+  made relative to ``docs/``, so the home page and the README cannot disagree.
 
 A page asks for a table with a marker line (``<!-- generated: config-keys -->``, ``<!-- generated:
 cli -->``); a marker no generator knows is an error, not an empty section.
@@ -21,7 +23,8 @@ import typing
 from pathlib import Path
 
 # document the checkout this site belongs to, not whatever raycontrast is installed
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
 
@@ -103,7 +106,18 @@ def cli_markdown() -> str:
     return "\n".join(out)
 
 
-GENERATORS = {"config-keys": config_keys_markdown, "cli": cli_markdown}
+def readme_markdown() -> str:
+    """The README from its first paragraph up to its own list of documentation pages."""
+    readme = (REPO / "README.md").read_text()
+    body = readme[readme.index("\n\n") + 2 : readme.index("\n## Documentation")]
+    if re.search(r"\]\((?!docs/|https?://|#)", body):
+        raise ValueError(
+            "README.md links outside docs/ before '## Documentation': the home page has no such file"
+        )
+    return body.replace("](docs/", "](")
+
+
+GENERATORS = {"config-keys": config_keys_markdown, "cli": cli_markdown, "readme": readme_markdown}
 
 
 def _generate(match: re.Match) -> str:

@@ -58,9 +58,11 @@ def collect_runs(study: Study) -> list[dict[str, Any]]:
 
     ``final`` is the metric at the run's last iteration (``train.iterations``); ``best`` the highest
     over its evaluations; ``last_gain`` its change over the last evaluation interval (from
-    ``last_gain_from``), which says whether the curve had flattened. A run that has not reached its
-    last iteration is ``incomplete`` (its values are kept in the table but left out of the
-    statistics); one that never evaluated is ``missing``.
+    ``last_gain_from``; under a poly schedule the learning rate there is near zero, so it is no
+    evidence of convergence). With ``data.test_split`` the row also holds ``test_<metric>`` and
+    ``test_IoU/<class>`` of the last weights (``test.json``), and a run without them is
+    ``incomplete``. A run that has not reached its last iteration is ``incomplete`` (its values are
+    kept in the table but left out of the statistics); one that never evaluated is ``missing``.
     """
     metric = study.config.metric
     rows = []

@@ -10,7 +10,7 @@ RAYCONTRAST=${RAYCONTRAST:-raycontrast}
 BACKBONE=runs/pretrain_synthetic/backbone.pth
 
 if [ ! -f "$BACKBONE" ]; then
-  $RAYCONTRAST train experiments/pretrain_synthetic.yaml
+  $RAYCONTRAST train experiments/pretrain/synthetic.yaml
   $RAYCONTRAST export runs/pretrain_synthetic --backbone --out "$BACKBONE"
 fi
 for study in confirmatory confirmatory_convergence; do

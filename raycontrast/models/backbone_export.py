@@ -4,7 +4,7 @@ The file is what ``timm.create_model(model.backbone).state_dict()`` would hold f
 layers (timm's own key names, no classifier), so ``model.pretrained=/path/to/file`` loads it into a
 new run, and ``timm.create_model(name).load_state_dict(sd, strict=False)`` into a plain timm model.
 This is how the confirmatory study's pretrained-init regime gets a backbone trained by the framework
-itself on a disjoint corpus (``experiments/pretrain_synthetic.yaml``).
+itself on a disjoint corpus (``experiments/pretrain/synthetic.yaml``).
 """
 
 from __future__ import annotations

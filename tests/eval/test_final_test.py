@@ -48,3 +48,16 @@ def test_per_image_counts_sum_to_the_whole_split_evaluation(tmp_path):
     assert saved["num_images"] == 5 and saved["iteration"] == 40
     np.testing.assert_array_equal(read_per_image(str(tmp_path)), per_image)
     assert read_per_image(str(tmp_path / "none")) is None
+
+
+def test_a_test_split_that_is_also_trained_on_or_selected_by_is_refused():
+    import pytest
+
+    from raycontrast.config import ConfigError, load_config
+    from raycontrast.train.launcher import check_data
+
+    for split in ("val", "train"):
+        cfg = load_config(None, [f"data.test_split={split}"])
+        with pytest.raises(ConfigError, match=f"data.test_split='{split}' is also"):
+            check_data(cfg)
+    check_data(load_config(None, ["data.test_split=test", "data.synthetic.num_test=2"]))

@@ -89,6 +89,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.backbone:
+        from raycontrast.models.backbone_export import export_backbone
+
+        export_backbone(args.checkpoint, args.out)
+        return 0
     from raycontrast.models import export_checkpoint
 
     export_checkpoint(args.checkpoint, fmt=args.format, out=args.out)
@@ -215,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint directory or state.pt file")
     p.add_argument("--format", choices=("torchscript", "exported-program"), default="torchscript")
     p.add_argument("--out", required=True, help="output file")
+    p.add_argument(
+        "--backbone",
+        action="store_true",
+        help="write only the backbone, as a timm state dict (for model.pretrained=FILE); "
+        "CHECKPOINT may be a run directory",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("convert", help="convert a dataset split to Parquet shards")

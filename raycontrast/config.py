@@ -133,6 +133,9 @@ class SyntheticConfig:
 
     num_train: int = param(256, "Number of training images.", ge=1)
     num_val: int = param(48, "Number of validation images.", ge=1)
+    num_test: int | None = param(
+        None, "Number of test images (a stream apart from val's); null: num_val.", ge=1
+    )
     image_size: list[int] = param([128, 128], "Image size [height, width].")
     seed: int = param(0, "Base seed; image i of a split is a pure function of (seed, split, i).")
 
@@ -149,6 +152,11 @@ class DataConfig:
     root: str = param("", "Dataset root folder (its standard layout). Unused for synthetic.")
     train_split: str = param("train", "Split used for training.")
     val_split: str = param("val", "Split used for evaluation.")
+    test_split: str = param(
+        "",
+        "Split evaluated once, after the last iteration, with the last weights (test.json and "
+        "per-image counts in test_per_image.npz); never used to score checkpoints. '': none.",
+    )
     source: str = param(
         "files",
         "Read the standard layout ('files') or Parquet shards written by `raycontrast convert` "

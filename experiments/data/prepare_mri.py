@@ -23,8 +23,14 @@ Every axial slice is one image (the T1 intensities as a greyscale PNG) and one m
 slice next to a training slice measures memorisation. The slices that contain AAL labels are cut into
 slabs of ``--slab`` consecutive slices assigned in the repeating pattern ``--pattern`` (default
 ``train,train,val,train,train,test``: held-out slabs spread over the whole brain, so every lobe occurs
-in every split), and ``--gap`` slices on each side of every held-out slab are dropped from training.
+in every split), and ``--gap`` slices on each side of every held-out slab are dropped from training
+(``--test-gap`` beside the ``test`` slabs, to keep them farther from training).
 ``val`` is for choosing settings (sweeps); ``test`` is for the final comparison (studies).
+
+**One subject.** Colin27 is a single brain: every split is a different part of the same volume, so a
+``test`` score measures generalisation to other slices of this brain, not to a new subject. The
+manifest lists each split's separate slabs (``regions``: the independent regions a score rests on)
+and how close its nearest slice lies to a training slice (``min_distance_to_train``).
 
 Usage::
 
@@ -90,17 +96,40 @@ def class_table(rows: list[tuple[int, str, str]], kind: str) -> tuple[list[str],
     return names, lut
 
 
-def split_slabs(slices: list[int], slab: int, gap: int, pattern: list[str]) -> dict[str, list[int]]:
+def split_slabs(
+    slices: list[int], slab: int, gap: int, pattern: list[str], test_gap: int | None = None
+) -> dict[str, list[int]]:
     """Assign consecutive ``slab``-slice blocks of ``slices`` to splits in the repeating ``pattern``;
-    training slices within ``gap`` of a held-out slab are dropped (they would be near copies)."""
+    training slices within ``gap`` of a held-out slab are dropped (they would be near copies), and
+    within ``test_gap`` (default ``gap``) of a ``test`` slab: a wider margin keeps the test slabs
+    farther from every training slice, at the cost of training slices."""
+    test_gap = gap if test_gap is None else test_gap
     assign = {z: pattern[(i // slab) % len(pattern)] for i, z in enumerate(slices)}
-    held = [z for z, s in assign.items() if s != "train"]
+    held = [(z, test_gap if s == "test" else gap) for z, s in assign.items() if s != "train"]
     out: dict[str, list[int]] = {s: [] for s in dict.fromkeys(pattern)}
     for z, split in assign.items():
-        if split == "train" and any(abs(z - h) <= gap for h in held):
+        if split == "train" and any(abs(z - h) <= g for h, g in held):
             continue
         out[split].append(z)
     return out
+
+
+def regions(zs: list[int]) -> list[list[int]]:
+    """The contiguous runs of slice indices (``[first, last]`` each): a split's independent regions."""
+    runs: list[list[int]] = []
+    for z in sorted(zs):
+        if runs and z == runs[-1][1] + 1:
+            runs[-1][1] = z
+        else:
+            runs.append([z, z])
+    return runs
+
+
+def train_distance(splits: dict[str, list[int]], split: str) -> int | None:
+    """The smallest distance (slices) from a slice of ``split`` to a training slice."""
+    train = splits.get("train") or []
+    zs = splits.get(split) or []
+    return min((abs(z - t) for z in zs for t in train), default=None)
 
 
 def _sha256(path: Path) -> str:
@@ -136,6 +165,7 @@ def prepare(
     pattern: tuple[str, ...] = ("train", "train", "val", "train", "train", "test"),
     scale: float = 0.5,
     multiple: int = 16,
+    test_gap: int | None = None,
 ) -> dict:
     """Write the folder dataset; returns the manifest."""
     import nibabel as nib
@@ -162,7 +192,7 @@ def prepare(
     image = np.clip(t1.astype(np.float64), 0, 255).astype(np.uint8)
 
     slices = [int(z) for z in np.where((atlas > 0).any(axis=(0, 1)))[0]]
-    splits = split_slabs(slices, slab, gap, list(pattern))
+    splits = split_slabs(slices, slab, gap, list(pattern), test_gap)
     counts = np.zeros(len(names), dtype=np.int64)
     for split, zs in splits.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -184,6 +214,10 @@ def prepare(
         "counts": {s: len(zs) for s, zs in splits.items()},
         "slab": slab,
         "gap": gap,
+        "test_gap": gap if test_gap is None else test_gap,
+        # one subject: a split's independent evidence is its number of separate slabs, not slices
+        "regions": {s: regions(zs) for s, zs in splits.items()},
+        "min_distance_to_train": {s: train_distance(splits, s) for s in splits if s != "train"},
         "pattern": list(pattern),
         "scale": scale,
         "image_size": list(img.shape),
@@ -203,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         "--gap", type=int, default=2, help="training slices dropped beside held-out slabs"
     )
     p.add_argument(
+        "--test-gap",
+        type=int,
+        default=None,
+        help="training slices dropped beside test slabs (default: --gap); e.g. 10 keeps every test "
+        "slice at least 11 slices (mm) from training",
+    )
+    p.add_argument(
         "--pattern", default="train,train,val,train,train,test", help="slab splits, repeated"
     )
     p.add_argument("--scale", type=float, default=0.5, help="resize factor (1 mm -> 2 mm pixels)")
@@ -215,10 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         gap=args.gap,
         pattern=tuple(s.strip() for s in args.pattern.split(",")),
         scale=args.scale,
+        test_gap=args.test_gap,
     )
     print(
         f"{args.out}: {len(manifest['classes'])} classes, slices {manifest['counts']}, "
-        f"images {manifest['image_size'][0]}x{manifest['image_size'][1]}"
+        f"images {manifest['image_size'][0]}x{manifest['image_size'][1]}; one subject: "
+        f"{len(manifest['regions'].get('test', []))} separate test slab(s), the nearest "
+        f"{manifest['min_distance_to_train'].get('test')} slice(s) from training"
     )
     return 0
 

@@ -249,7 +249,12 @@ class SyntheticSource:
         self.split = split
         self.seed = cfg.seed
         self.size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
-        self.length = cfg.num_train if split == "train" else cfg.num_val
+        if split == "train":
+            self.length = cfg.num_train
+        elif split == "test" and cfg.num_test is not None:
+            self.length = cfg.num_test
+        else:
+            self.length = cfg.num_val
 
     def __len__(self) -> int:
         return self.length
@@ -263,5 +268,6 @@ class SyntheticSource:
 
 
 def source(cfg: DataConfig, split: str) -> SyntheticSource:
-    """The synthetic scenes of ``split`` (train: ``num_train`` scenes; val/test: ``num_val``)."""
+    """The synthetic scenes of ``split`` (train: ``num_train``; val: ``num_val``; test: ``num_test``,
+    else ``num_val``)."""
     return SyntheticSource(cfg.synthetic, split)

@@ -193,8 +193,14 @@ def run_dir_of(cfg: ExperimentConfig) -> str:
 def check_data(cfg: ExperimentConfig) -> None:
     """Fail on the driver, before any worker starts, on a missing dataset root or split."""
     dataset_info(cfg.data)
-    for split in (cfg.data.train_split, cfg.data.val_split):
-        build_dataset(cfg.data, split, train=split == cfg.data.train_split)
+    if cfg.data.test_split in (cfg.data.train_split, cfg.data.val_split):
+        raise ConfigError(
+            f"data.test_split={cfg.data.test_split!r} is also the training or validation split; "
+            "the test split must be one no run trains on or selects by (e.g. test), or '' for none"
+        )
+    for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
+        if split:
+            build_dataset(cfg.data, split, train=split == cfg.data.train_split)
 
 
 def run_training(

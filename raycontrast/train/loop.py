@@ -274,7 +274,31 @@ class Trainer:
             if self.confusion is not None:
                 write_confusion(self.confusion, self.info.class_names, self.logger.local)
             self.logger.close()
+        if self.rank == 0 and cfg.data.test_split and status == "completed":
+            self._final_test(done)
         return self._result(status, done, wall) if self.rank == 0 else {}
+
+    def _final_test(self, done: int) -> None:
+        """Rank 0, once, after the last iteration: ``data.test_split`` with the last weights."""
+        from raycontrast.eval.final_test import per_image_confusion, write_final_test
+
+        cfg = self.cfg
+        dataset = build_dataset(cfg.data, cfg.data.test_split, train=False)
+        self.core.eval()
+        confusion, ids = per_image_confusion(
+            self.core.predict,
+            dataset,
+            self.num_classes,
+            cfg.data.ignore_index,
+            resolve_eval_config(cfg),
+            self.device,
+        )
+        record = write_final_test(
+            self.run_dir, confusion, ids, list(self.info.class_names), done, cfg.data.test_split
+        )
+        console(
+            f"[{cfg.name}] {cfg.data.test_split} (last weights): mIoU {100 * record['mIoU']:.2f}"
+        )
 
     def step(self, it: int, epoch: int, batch: dict[str, Any]) -> StepLosses:
         """One iteration on this worker's ``batch``; raises :class:`_StopRun` on a non-finite loss

@@ -75,7 +75,10 @@ def finished(study: Study, cell: Cell) -> bool:
         return False
     record = load_record(run_dir)
     its = [r["iteration"] for r in (record.val if record else []) if r.get("iteration") is not None]
-    return bool(its) and max(its) >= study.run_config(cell).train.iterations
+    cfg = study.run_config(cell)
+    if cfg.data.test_split and not storage.exists(storage.join(run_dir, "test.json")):
+        return False  # rerun: it resumes at its last iteration and evaluates the test split
+    return bool(its) and max(its) >= cfg.train.iterations
 
 
 def _scheduler(sweep: Sweep):

@@ -14,7 +14,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["PairedDifference", "Summary", "paired_difference", "summarize"]
+__all__ = [
+    "Bootstrap",
+    "PairedDifference",
+    "Summary",
+    "bootstrap_paired_miou",
+    "holm",
+    "miou_of_counts",
+    "paired_difference",
+    "summarize",
+    "wilcoxon_signed_rank",
+]
 
 
 @dataclass(frozen=True)
@@ -100,3 +110,106 @@ def paired_difference(
         return PairedDifference(diff, math.copysign(math.inf, d[0]), 0.0, tuple(seeds))
     result = stats.ttest_rel(a, b)
     return PairedDifference(diff, float(result.statistic), float(result.pvalue), tuple(seeds))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order); NaN p-values stay NaN and do not count in m.
+
+    The i-th smallest of m p-values is multiplied by ``m - i`` (i from 0), the running maximum keeps
+    the adjusted values monotone, and values are capped at 1.
+    """
+    p = np.asarray(list(pvalues), dtype=np.float64)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    running = 0.0
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def wilcoxon_signed_rank(differences: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences (non-finite ones left out).
+
+    Zero differences are dropped (Wilcoxon's convention). The null distribution is exact when at most
+    25 differences remain and their absolute values have no ties, else the normal approximation
+    (with tie correction). NaN with no non-zero difference.
+    """
+    from scipy import stats
+
+    d = _finite(differences)
+    d = d[d != 0]
+    if len(d) == 0:
+        return math.nan
+    ties = len(np.unique(np.abs(d))) < len(d)
+    method = "exact" if len(d) <= 25 and not ties else "approx"
+    return float(stats.wilcoxon(d, zero_method="wilcox", method=method).pvalue)
+
+
+def miou_of_counts(confusion: np.ndarray) -> np.ndarray:
+    """mIoU of ``(..., K, K)`` confusion counts: the mean IoU over the classes with a non-empty union
+    (what :func:`raycontrast.eval.metrics_from_confusion` computes), one value per leading index."""
+    c = np.asarray(confusion, dtype=np.float64)
+    tp = np.diagonal(c, axis1=-2, axis2=-1)
+    union = c.sum(-1) + c.sum(-2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        return np.nanmean(iou, axis=-1)
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Paired bootstrap over test images of the mean (over seeds) mIoU difference arm − reference."""
+
+    estimate: float
+    ci_low: float
+    ci_high: float
+    n_seeds: int
+    n_images: int
+    replicates: int
+
+
+def bootstrap_paired_miou(
+    arm: Mapping[int, np.ndarray],
+    reference: Mapping[int, np.ndarray],
+    replicates: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Bootstrap:
+    """The test set's sampling error of an arm's mIoU difference with the reference.
+
+    ``arm`` and ``reference`` map seeds to ``(N, K, K)`` per-image confusion counts on the same N test
+    images (in the same order). A replicate draws N image indices with replacement (one draw shared by
+    every run, so the pairing by image is kept), recomputes each run's mIoU from its summed counts over
+    the drawn images, and averages the paired difference over the seeds both have. The interval is the
+    percentile interval of the replicates; ``estimate`` is the same statistic on the full test set.
+    """
+    seeds = sorted(s for s in arm if s in reference)
+    if not seeds:
+        return Bootstrap(math.nan, math.nan, math.nan, 0, 0, 0)
+    n = arm[seeds[0]].shape[0]
+    for s in seeds:
+        if arm[s].shape[0] != n or reference[s].shape[0] != n:
+            raise ValueError(
+                f"bootstrap_paired_miou: seed {s}: runs hold {arm[s].shape[0]} and "
+                f"{reference[s].shape[0]} test images, expected {n} (the same test set)"
+            )
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(replicates)])
+    weights = weights.astype(np.float64)
+    diffs = np.zeros(replicates)
+    full = 0.0
+    for s in seeds:
+        a = np.asarray(arm[s], dtype=np.float64).reshape(n, -1)
+        b = np.asarray(reference[s], dtype=np.float64).reshape(n, -1)
+        k = arm[s].shape[-1]
+        diffs += miou_of_counts((weights @ a).reshape(-1, k, k))
+        diffs -= miou_of_counts((weights @ b).reshape(-1, k, k))
+        full += float(
+            miou_of_counts(a.sum(0).reshape(k, k)) - miou_of_counts(b.sum(0).reshape(k, k))
+        )
+    diffs /= len(seeds)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    return Bootstrap(full / len(seeds), float(low), float(high), len(seeds), n, replicates)

@@ -111,3 +111,14 @@ def test_colour_alone_does_not_solve_it():
         pred = np.concatenate([table[_quantise(im, bins)].ravel() for im, _ in val])
         scores[rule] = _miou(pred, labels)
     assert max(scores.values()) < COLOUR_ONLY_MAX_MIOU, scores
+
+
+def test_test_split_has_its_own_size_and_stream():
+    syn = SyntheticConfig(num_train=4, num_val=3, num_test=7, image_size=[32, 32])
+    cfg = DataConfig(crop_size=[32, 32], synthetic=syn)
+    val, test = build_dataset(cfg, "val", train=False), build_dataset(cfg, "test", train=False)
+    assert (len(val), len(test)) == (3, 7)
+    assert test[0]["id"] == "test_000000"
+    assert not torch.equal(val[0]["image"], test[0]["image"])  # a stream apart from val's
+    cfg.synthetic.num_test = None  # unset: as many as val (what earlier studies used)
+    assert len(build_dataset(cfg, "test", train=False)) == 3

@@ -76,3 +76,20 @@ def test_prepare_writes_a_folder_dataset_the_project_reads(tmp_path):
     expected[5:12, 5:10] = 2
     expected[5:12, 10:15] = 3
     assert np.array_equal(label[:, 2:22], expected[::-1])
+
+
+def test_a_wider_test_gap_moves_training_away_from_test_slabs_only():
+    slices = list(range(10, 60))
+    pattern = ["train", "val", "train", "test"]
+    splits = prepare_mri.split_slabs(slices, slab=5, gap=2, pattern=pattern, test_gap=4)
+    # slabs: train 10-14, val 15-19, train 20-24, test 25-29, train 30-34, val 35-39, ...; training
+    # slices within 2 of a val slab or within 4 of a test slab (21-24, 30-33, 41-44, 50-53) go
+    assert splits["train"] == [10, 11, 12]
+    assert prepare_mri.train_distance(splits, "test") == 13
+    assert prepare_mri.train_distance(splits, "val") == 3
+    assert prepare_mri.regions(splits["test"]) == [[25, 29], [45, 49]]
+    assert splits == prepare_mri.split_slabs(
+        slices, slab=5, gap=2, pattern=pattern, test_gap=4
+    )  # deterministic
+    default = prepare_mri.split_slabs(slices, slab=5, gap=2, pattern=pattern)
+    assert default == prepare_mri.split_slabs(slices, slab=5, gap=2, pattern=pattern, test_gap=2)

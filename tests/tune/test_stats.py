@@ -7,9 +7,18 @@ tabulated quantiles for other degrees of freedom.
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
-from raycontrast.tune.stats import paired_difference, summarize
+from raycontrast.tune.stats import (
+    bootstrap_paired_miou,
+    holm,
+    miou_of_counts,
+    paired_difference,
+    summarize,
+    wilcoxon_signed_rank,
+)
 
 
 def _mean(xs):
@@ -104,3 +113,77 @@ def test_paired_difference_edge_cases():
     assert shifted.t == math.inf and shifted.p == 0.0
     lonely = paired_difference({0: 0.5, 1: 0.6}, {1: 0.4})
     assert lonely.seeds == (1,) and math.isnan(lonely.p) and math.isnan(lonely.diff.ci_low)
+
+
+# -- Holm, Wilcoxon signed-rank, bootstrap over test images ------------------------------------
+
+
+def test_holm_matches_the_hand_computation():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # NaN stays NaN and does not count: m = 2
+    out = holm([math.nan, 0.2, 0.5])
+    assert math.isnan(out[0]) and out[1:] == pytest.approx([0.4, 0.5])
+    assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_wilcoxon_exact_p_values_by_counting_sign_patterns():
+    # all 5 positive: only 1 of 2**5 sign patterns has W- <= 0; two-sided p = 2/32
+    assert wilcoxon_signed_rank([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)
+    # 10 positive (the study's 10 seeds): 2/1024, below what 5 seeds can ever reach
+    assert wilcoxon_signed_rank([0.01 * (i + 1) for i in range(10)]) == pytest.approx(2 / 1024)
+    # ranks 1..6, negative rank sum 2: subsets of {1..6} with sum <= 2 are {}, {1}, {2} -> 2*3/64
+    assert wilcoxon_signed_rank([1, -2, 3, 4, 5, 6]) == pytest.approx(6 / 64)
+    # zeros are dropped (the 5 positives remain), non-finite values too; nothing left: NaN
+    assert wilcoxon_signed_rank([0, 1, 2, 3, 4, 5, math.nan]) == pytest.approx(2 / 32)
+    assert math.isnan(wilcoxon_signed_rank([0.0, 0.0]))
+
+
+def test_miou_of_counts_by_hand():
+    # IoU0 = 3 / (4 + 3 - 3), IoU1 = 2 / (2 + 3 - 2); class 2 absent everywhere: left out
+    c = np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]])
+    assert miou_of_counts(c) == pytest.approx((3 / 4 + 2 / 3) / 2)
+
+
+def _reference_bootstrap(arm, ref, replicates, seed):
+    """Plain loops: resample image indices, sum the counts, mIoU via the evaluation's own metrics."""
+    from raycontrast.eval import metrics_from_confusion
+
+    seeds = sorted(arm)
+    n = arm[seeds[0]].shape[0]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(replicates):
+        idx = rng.integers(0, n, n)
+        diffs = []
+        for s in seeds:
+            a = metrics_from_confusion(torch.as_tensor(arm[s][idx].sum(0)))["mIoU"]
+            b = metrics_from_confusion(torch.as_tensor(ref[s][idx].sum(0)))["mIoU"]
+            diffs.append(a - b)
+        out.append(np.mean(diffs))
+    return np.array(out)
+
+
+def test_bootstrap_over_test_images_matches_a_plain_loop():
+    rng = np.random.default_rng(3)
+    arm = {s: rng.integers(0, 20, (12, 3, 3)) for s in (100, 101, 102)}
+    ref = {s: rng.integers(0, 20, (12, 3, 3)) for s in (100, 101, 102, 103)}  # 103: unpaired
+    b = bootstrap_paired_miou(arm, ref, replicates=300, seed=5)
+    plain = _reference_bootstrap(arm, {s: ref[s] for s in arm}, 300, 5)
+    low, high = np.quantile(plain, [0.025, 0.975])
+    assert (b.ci_low, b.ci_high) == pytest.approx((low, high), abs=1e-12)
+    assert (b.n_seeds, b.n_images, b.replicates) == (3, 12, 300)
+    full = np.mean([miou_of_counts(arm[s].sum(0)) - miou_of_counts(ref[s].sum(0)) for s in arm])
+    assert b.estimate == pytest.approx(full)
+    assert b.ci_low <= b.estimate <= b.ci_high
+
+
+def test_bootstrap_of_identical_images_has_no_spread_and_rejects_other_test_sets():
+    one = np.array([[5, 1], [2, 4]])
+    arm = {0: np.stack([one] * 8), 1: np.stack([one] * 8)}
+    other = np.array([[4, 2], [3, 3]])
+    ref = {0: np.stack([other] * 8), 1: np.stack([other] * 8)}
+    b = bootstrap_paired_miou(arm, ref, replicates=50)
+    assert b.ci_low == pytest.approx(b.estimate) and b.ci_high == pytest.approx(b.estimate)
+    with pytest.raises(ValueError, match="same test set"):
+        bootstrap_paired_miou(arm, {0: ref[0][:5], 1: ref[1]})

@@ -212,6 +212,54 @@ def test_analysis_matches_plain_computations_and_labels_a_partial_study(write_st
     assert sorted(table["run"]) == ["ce-s0", "ce-s1", "contrast-s0", "contrast-s1", "contrast-s2"]
 
 
+def test_test_split_analysis_holm_wilcoxon_and_bootstrap_over_test_images(write_study):
+    import numpy as np
+
+    from raycontrast.eval.final_test import write_final_test
+    from raycontrast.tune.stats import bootstrap_paired_miou, holm
+
+    seeds = [0, 1, 2, 3, 4, 5]
+    over = [*TINY, "train.num_workers=1", "train.cpus_per_worker=0.75", "train.batch_size=2",
+            "data.test_split=test"]  # fmt: skip
+    arms = {**ARMS, "inbatch": {"contrast.memory": "none"}}
+    study = load_study(write_study("conf", arms, seeds=seeds, overrides=over))
+    rng = np.random.default_rng(0)
+    counts = {}
+    for arm, bonus in (("ce", 0), ("contrast", 6), ("inbatch", 1)):
+        for seed in seeds:
+            run_dir = Path(study.run_dir(Cell(arm, "", seed)))
+            _fake_run(run_dir, {2: 0.4, 4: 0.5}, {"background": 0.5, "disc": 0.5})
+            c = rng.integers(1, 30, (16, 2, 2))
+            c[:, 0, 0] += bonus * (seed + 1)  # contrast: better on every seed, by distinct amounts
+            counts[arm, seed] = c
+            write_final_test(
+                str(run_dir), c, [f"t{i}" for i in range(16)], ["bg", "disc"], 4, "test"
+            )
+    lost = Path(study.run_dir(Cell("inbatch", "", 5))) / "test.json"
+    lost.unlink()  # trained, but the test split was never evaluated: not finished, not counted
+    assert not finished(study, Cell("inbatch", "", 5)) and finished(study, Cell("ce", "", 5))
+    out = write_results(study)
+    test = {p["arm"]: p for p in out["paired"] if p["value"] == "test"}
+    assert test["contrast"]["n"] == 6 and test["inbatch"]["n"] == 5
+    assert test["contrast"]["wilcoxon_p"] == pytest.approx(2 / 64)  # 6 positive differences, exact
+    assert [test[a]["p_holm"] for a in ("contrast", "inbatch")] == pytest.approx(
+        holm([test["contrast"]["p"], test["inbatch"]["p"]])
+    )
+    boot = bootstrap_paired_miou(
+        {s: counts["contrast", s] for s in seeds}, {s: counts["ce", s] for s in seeds}
+    )
+    assert test["contrast"]["mean"] == pytest.approx(boot.estimate)
+    assert (test["contrast"]["boot_ci_low"], test["contrast"]["boot_ci_high"]) == pytest.approx(
+        (boot.ci_low, boot.ci_high)
+    )
+    pc = [c for c in out["per_class"] if c["arm"] != "ce"]
+    assert all("p_holm" in c for c in pc) and {c["class"] for c in pc} == {"bg", "disc"}
+    md = (Path(out["results_dir"]) / "study.md").read_text()
+    assert "mIoU on `test` with each run's last weights" in md
+    assert "| paired n | p | p Holm | Wilcoxon p | boot CI |" in md
+    assert "Still rising" not in md and "does not show that training converged" in md
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_smoke_study_end_to_end_and_a_rerun_of_one_seed_is_identical(

@@ -76,7 +76,7 @@ def run_eval(cfg: ExperimentConfig, checkpoint: str, out: str | None = None) -> 
             f"--out {path} is a directory; pass the JSON file to write, e.g. --out "
             f"{path / f'eval_{split}.json'}"
         )
-    from raycontrast.models import checkpoint_file
+    from raycontrast.models.checkpoint import checkpoint_file
     from raycontrast.outputs import check_output
     from raycontrast.train.preflight import training_inputs
 

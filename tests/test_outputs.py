@@ -32,7 +32,9 @@ def test_relation_table(tmp_path):
     assert relation(tmp_path / "link" / "out", a) == "is inside"  # symlinks resolved
 
 
-@pytest.mark.parametrize("name", ["", "  ", ".", "..", "../escaped", "a/b", "/abs/run", "a\\b", " a"])
+@pytest.mark.parametrize(
+    "name", ["", "  ", ".", "..", "../escaped", "a/b", "/abs/run", "a\\b", " a"]
+)
 def test_bad_run_names_are_refused(tmp_path, name):
     with pytest.raises(OutputError, match="name="):
         check_run_dir(str(tmp_path), name)

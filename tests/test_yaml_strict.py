@@ -40,7 +40,9 @@ def test_duplicates_name_key_and_lines(text, key, line, first):
 def test_config_with_a_duplicate_key(tmp_path, capsys):
     path = tmp_path / "exp.yaml"
     path.write_text(f"_base_: {BASE}\ntrain:\n  iterations: 5\n  iterations: 6\n")
-    with pytest.raises(ConfigError, match=rf"{path}:4: duplicate key 'iterations' \(first at line 3\)"):
+    with pytest.raises(
+        ConfigError, match=rf"{path}:4: duplicate key 'iterations' \(first at line 3\)"
+    ):
         load_config(path)
     code, msg = run_cli(capsys, "config", path)
     assert code == 2 and f"{path}:4: duplicate key 'iterations'" in msg
@@ -49,7 +51,7 @@ def test_config_with_a_duplicate_key(tmp_path, capsys):
 def test_sweep_with_a_duplicate_key(tmp_path, capsys):
     path = tmp_path / "sweep.yaml"
     sweep = (REPO / "experiments" / "sweeps" / "synthetic_smoke.yaml").read_text()
-    path.write_text(sweep.replace("base: ", f"num_samples: 2\nnum_samples: 3\nbase: ", 1))
+    path.write_text(sweep.replace("base: ", "num_samples: 2\nnum_samples: 3\nbase: ", 1))
     with pytest.raises(ConfigError, match=r"duplicate key 'num_samples'"):
         read_yaml_mapping(path, "sweep")
     code, msg = run_cli(capsys, "tune", path, "--dry-run")

@@ -133,7 +133,9 @@ def test_pretrained_file_that_is_not_a_state_dict(capsys, tmp_path, kind):
     else:
         weights.write_text("not weights")
     before = snapshot(weights)
-    code, msg = run_cli(capsys, *DRY, f"storage_path={tmp_path / 'runs'}", f"model.pretrained={weights}")
+    code, msg = run_cli(
+        capsys, *DRY, f"storage_path={tmp_path / 'runs'}", f"model.pretrained={weights}"
+    )
     assert code == 2 and str(weights) in msg and "Traceback" not in msg, msg
     assert_kept(before, weights)
 
@@ -173,7 +175,9 @@ def test_a_data_error_in_a_worker_is_not_retried(ray_session, capsys, tmp_path):
     root = tmp_path / "D"
     rng = np.random.default_rng(0)
     for i in range(6):
-        write_png(root / "images" / "train" / f"i{i}.png", rng.integers(0, 255, (64, 64, 3), np.uint8))
+        write_png(
+            root / "images" / "train" / f"i{i}.png", rng.integers(0, 255, (64, 64, 3), np.uint8)
+        )
         write_png(root / "masks" / "train" / f"i{i}.png", rng.integers(0, 3, (64, 64), np.uint8))
     (root / "classes.txt").write_text("a\nb\nc\n")
     bad = root / "masks" / "train" / "i5.png"

@@ -318,8 +318,10 @@ def run_training(
             raise _interrupted(cfg, run_dir) from None
         _raise_user_error(err)
         raise WorkerFailure(_failure_line(cfg, run_dir, err)) from None
-    except (KeyboardInterrupt, SystemExit):
-        raise _interrupted(cfg, run_dir) from None
+    except BaseException as err:  # after Ctrl-C Ray reports the aborted controller as dead
+        if trainer.interrupted or isinstance(err, KeyboardInterrupt):
+            raise _interrupted(cfg, run_dir) from None
+        raise
     del actor
     if trainer.interrupted:
         raise _interrupted(cfg, run_dir)

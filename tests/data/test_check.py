@@ -165,3 +165,24 @@ def test_parquet_shards_schema_and_rows(shards):
     second.write_bytes(b"PAR1 not really")
     with pytest.raises(DatasetError, match=rf"{second}: unreadable Parquet shard"):
         check_data_files(cfg)
+
+
+def test_a_plain_run_refuses_bad_data_before_connecting_to_ray(capsys, tmp_path, monkeypatch):
+    from raycontrast.train import launcher
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("connected to Ray: the data check came too late")
+
+    monkeypatch.setattr(launcher, "connect", no_ray)
+    root = tmp_path / "D"
+    make_folder(root, "train", n=4)
+    bad = _break(root, "label value")
+    before = snapshot(root)
+    argv = [a for a in DRY if a != "--dry-run"]
+    code, msg = run_cli(
+        capsys, *argv, "data.dataset=folder", f"data.root={root}", "data.val_split=train",
+        f"storage_path={tmp_path / 'runs'}",
+    )  # fmt: skip
+    assert code == 2 and f"{bad}: label values 9 are not valid" in msg, msg
+    assert not (tmp_path / "runs").exists()
+    assert_kept(before, root)

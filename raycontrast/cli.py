@@ -296,6 +296,28 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit status (2: the user's mistake, 1: a failure, 130: Ctrl-C,
+    141: the reader of the output went away, as with ``| head``)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe cannot be caught
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
+
+
+def _quiet_stdout() -> None:
+    """After ``| head`` closed the pipe: send what is left to /dev/null, so that the interpreter's
+    final flush raises nothing (Python's documented recipe for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (pytest's capture)
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parse(argv)
     if getattr(args, "no_progress", False):
         os.environ["RAYCONTRAST_PROGRESS"] = "0"
@@ -304,9 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as err:  # includes checkpoint and model errors
+        _stop_local_ray()
         print(f"raycontrast: error: {err}", file=sys.stderr)
         return 2
     except DatasetError as err:
+        _stop_local_ray()
         print(f"raycontrast: dataset error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
@@ -329,6 +353,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("raycontrast: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _stop_local_ray() -> None:
+    """A worker's user error reached the driver: flush Ray's own log lines first, so that the
+    message is the last line."""
+    launcher = sys.modules.get("raycontrast.train.launcher")
+    if launcher is not None:
+        launcher.shutdown_local()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ from typing import Any, Union
 
 import yaml
 
+from raycontrast import yaml_strict
+from raycontrast.errors import UserError
+
 __all__ = [
     "BankConfig",
     "ConfigError",
@@ -65,7 +68,7 @@ def default_experiment() -> Path:
 DEFAULT_EXPERIMENT = str(default_experiment())
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file, key or value is invalid; the message says which and what is expected."""
 
 
@@ -188,6 +191,12 @@ class DataConfig:
         "error",
         "A corrupt or inconsistent sample: raise naming the file, or skip it (skips are counted).",
         choices=("error", "skip"),
+    )
+    check_masks: int = param(
+        8,
+        "Before workers start, every file's header is read and the first K samples plus K random "
+        "others are decoded and their label values checked; this is K (0: headers only).",
+        ge=0,
     )
     synthetic: SyntheticConfig = field(
         default_factory=SyntheticConfig, metadata={"help": "Built-in synthetic dataset."}
@@ -712,7 +721,9 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
         kind = "a directory, not a file" if path.is_dir() else "not found"
         raise ConfigError(f"{what} file {kind}: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_strict.load(path.read_text(), str(path)) or {}
+    except yaml_strict.DuplicateKeyError as err:
+        raise ConfigError(yaml_strict.duplicate_message(err, str(path))) from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):

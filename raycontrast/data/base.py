@@ -12,13 +12,15 @@ from typing import Protocol
 
 import numpy as np
 
+from raycontrast.errors import UserError
+
 __all__ = ["STORED_IGNORE", "DatasetError", "DatasetInfo", "RawSample", "SampleSource"]
 
 STORED_IGNORE = 255
 """Ignore value of decoded and stored (PNG, Parquet) label maps."""
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Bad dataset input; the message names the file (or folder/split) and what was expected."""
 
 

@@ -336,6 +336,25 @@ def compare_runs(
     return Comparison(table, per_class, markdown, files)
 
 
+def _check_report_out(run_dirs: Sequence[str | Path], out: str | Path | None) -> None:
+    """``--out`` may lie inside a run (``RUN/plots`` is the default) but may not be a run, hold one,
+    or be one of the files report reads."""
+    from raycontrast.outputs import OutputError, check_output
+
+    target = Path(out).expanduser() if out else Path("comparison") if len(run_dirs) > 1 else None
+    if target is None:
+        return
+    inputs = []
+    for run in run_dirs:
+        inputs.append((f"run {run}", run))
+        names = ("metrics.csv", "val.csv", "summary.json", "confusion.csv")
+        inputs += [("the input file", Path(run) / n) for n in names]
+    try:
+        check_output(target, inputs, forbid=("is", "contains"))
+    except OutputError as err:
+        raise ReportError(str(err)) from None
+
+
 def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> list[Path]:
     """``raycontrast report RUN_DIR [RUN_DIR ...] [--out DIR]``.
 
@@ -350,6 +369,7 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
 
     if not run_dirs:
         raise ReportError("report needs at least one run directory")
+    _check_report_out(run_dirs, out)
     if len(run_dirs) == 1:
         run = load_run(run_dirs[0])
         target = Path(out).expanduser() if out else None

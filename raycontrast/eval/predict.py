@@ -541,6 +541,12 @@ def predict(
     out_dir = Path(out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise PredictError(f"--out {out_dir}: is a file; expected a folder (created if missing)")
+    from raycontrast.outputs import OutputError, check_output
+
+    try:
+        check_output(out_dir, {"--input": source, "the model": model})
+    except OutputError as err:
+        raise PredictError(str(err)) from None
     inputs = list_inputs(source, exclude=out_dir)
     predictor = load_predictor(model, overrides, device)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,12 @@ def run_eval(cfg: ExperimentConfig, checkpoint: str, out: str | None = None) -> 
             f"--out {path} is a directory; pass the JSON file to write, e.g. --out "
             f"{path / f'eval_{split}.json'}"
         )
+    from raycontrast.models.checkpoint import checkpoint_file
+    from raycontrast.outputs import check_output
+    from raycontrast.train.preflight import training_inputs
+
+    inputs = {k: v for k, v in training_inputs(cfg).items() if k.startswith("data.")}
+    check_output(path, {**inputs, "the checkpoint": checkpoint_file(checkpoint)})
     info = dataset_info(cfg.data)
     class_names = list(info.class_names)
     num_classes = int(info.num_classes)

@@ -167,6 +167,12 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path) -> Path
     if fmt not in EXPORT_FORMATS:
         raise ModelError(f"export format {fmt!r} is not one of: {', '.join(EXPORT_FORMATS)}")
     _check_output(out, fmt)
+    from raycontrast.outputs import check_output
+
+    check_output(
+        out if fmt != "exported-program" else Path(out).expanduser().with_suffix(".pt2"),
+        {"the checkpoint": checkpoint_file(checkpoint)},
+    )
     seg, cfg = load_segmentor(checkpoint)
     state = load_checkpoint(checkpoint)
     deployed = seg.deploy()

@@ -160,6 +160,16 @@ def check_resume(cfg: ExperimentConfig, run_dir: str) -> None:
     """
     if storage.is_uri(run_dir):
         return  # checked by the workers when they load it
+    registered = _registered_dir(run_dir)
+    if registered is not None and not (registered / "state.pt").is_file():
+        from raycontrast.models import CheckpointError
+
+        what = "is missing" if not registered.exists() else "has no state.pt"
+        raise CheckpointError(
+            f"{registered}: the checkpoint a rerun of {cfg.name!r} resumes from {what} (registered "
+            f"in {Path(run_dir) / 'checkpoint_manager_snapshot.json'}); restore it, or choose "
+            "another name for a new run"
+        )
     latest = _registered_checkpoint(run_dir)
     if latest is None:
         return
@@ -174,15 +184,21 @@ def check_resume(cfg: ExperimentConfig, run_dir: str) -> None:
     )
 
 
-def _registered_checkpoint(run_dir: str) -> Path | None:
-    """The latest checkpoint directory Ray Train registered for the run in ``run_dir``, if any."""
+def _registered_dir(run_dir: str) -> Path | None:
+    """The latest checkpoint directory Ray Train registered for the run in ``run_dir`` (whether or
+    not it still holds a checkpoint), if any."""
     snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
     try:
         latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
-        path = Path(run_dir) / latest["checkpoint_dir_name"]
+        return Path(run_dir) / latest["checkpoint_dir_name"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # nothing registered (yet): nothing to resume
-    return path if (path / "state.pt").exists() else None
+
+
+def _registered_checkpoint(run_dir: str) -> Path | None:
+    """The latest registered checkpoint directory, if it holds a ``state.pt``."""
+    path = _registered_dir(run_dir)
+    return path if path is not None and (path / "state.pt").exists() else None
 
 
 def run_dir_of(cfg: ExperimentConfig) -> str:
@@ -223,8 +239,9 @@ def run_training(
         RunConfig,
         TrainingFailedError,
     )
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
+    from raycontrast.train.failures import Trainer, patient_start
     from raycontrast.train.preflight import check_resources, preflight
 
     t0 = time.perf_counter()
@@ -271,7 +288,8 @@ def run_training(
 
         datasets["train"] = read_parquet_ray(cfg.data.parquet_dir, cfg.data.train_split)
 
-    trainer = TorchTrainer(
+    patient_start()  # a slow worker-group start is waited for, not failed
+    trainer = Trainer(
         train_loop_per_worker,
         train_loop_config={
             "experiment": config_to_dict(cfg),
@@ -302,17 +320,24 @@ def run_training(
     try:
         result = trainer.fit()
     except TrainingFailedError as err:
+        if trainer.interrupted:
+            raise _interrupted(cfg, run_dir) from None
+        _raise_user_error(err)
         raise WorkerFailure(_failure_line(cfg, run_dir, err)) from None
+    except BaseException as err:  # after Ctrl-C Ray reports the aborted controller as dead
+        if trainer.interrupted or isinstance(err, KeyboardInterrupt):
+            raise _interrupted(cfg, run_dir) from None
+        raise
     del actor
+    if trainer.interrupted:
+        raise _interrupted(cfg, run_dir)
     if result.error is not None and result.return_value is None:
+        _raise_user_error(result.error)
         raise WorkerFailure(_failure_line(cfg, run_dir, result.error))
     if finished is not None:  # a Tune trial of a finished run: keep its record
         return _print_finished(cfg, run_dir, finished)
     if result.return_value is None and result.error is None:
-        raise TrainingInterrupted(
-            f"{cfg.name}: training was aborted (Ctrl-C); rerun the same command to resume from the "
-            f"last checkpoint registered in {run_dir}"
-        )
+        raise _interrupted(cfg, run_dir)
     out = result.return_value or {}
     if str(out.get("status", "")).startswith("stopped"):
         raise NonFiniteLoss(
@@ -320,6 +345,29 @@ def run_training(
         )
     summary = _summarise(cfg, run_dir, out, result, time.perf_counter() - t0)
     return summary
+
+
+def _interrupted(cfg: ExperimentConfig, run_dir: str) -> TrainingInterrupted:
+    """The one line a Ctrl-C gets: the run is kept, and how to resume it."""
+    latest = _registered_checkpoint(run_dir) if not storage.is_uri(run_dir) else None
+    where = (
+        f"from {latest}"
+        if latest is not None
+        else "from the start (no checkpoint was registered yet)"
+    )
+    return TrainingInterrupted(
+        f"{cfg.name}: interrupted (Ctrl-C); the run is kept in {run_dir}. Rerun the same command "
+        f"to resume {where}"
+    )
+
+
+def _raise_user_error(err: BaseException) -> None:
+    """Re-raise, in the driver, a user error a worker hit (the run stopped without a retry)."""
+    from raycontrast.train.failures import user_failure
+
+    found = user_failure(err)
+    if found is not None:
+        raise found[1] from None
 
 
 def scaling_config(cfg: ExperimentConfig):
@@ -424,7 +472,6 @@ def _one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # a traceback in the text: its last line is "Type: message"
     text = lines[-1] if lines and lines[0].startswith("Traceback") else (lines[0] if lines else "")
-    text = text[:400]
     name = type(exc).__name__
     return text if text.startswith(name) else f"{name}: {text}" if text else name
 

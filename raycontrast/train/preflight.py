@@ -4,7 +4,10 @@ A mistake found inside the workers costs a worker-group start, ``train.max_failu
 traceback; found here it is one line naming the key. :func:`preflight` runs every check:
 
 * the config's warnings (valid settings that are probably a mistake);
-* storage (a relative ``storage_path`` under ``ray job submit``), the dataset root and splits;
+* storage (a relative ``storage_path`` under ``ray job submit``), the run name (a plain folder name:
+  the run stays inside ``storage_path``) and a run folder apart from every input;
+* the dataset root and splits, and its files (:mod:`raycontrast.data.check`: every header, the
+  first and some random samples decoded, Parquet schemas and row counts);
 * the model, built on the ``meta`` device (no memory, no compute; well under a second for HRNet-W48):
   unknown backbone (with close timm names), an ``output_stride`` the backbone cannot produce, bad
   ``out_indices``, heads that do not fit, a ``model.pretrained`` file that is missing or whose keys or
@@ -43,6 +46,7 @@ __all__ = [
     "local_capacity",
     "preflight",
     "requested_resources",
+    "training_inputs",
 ]
 
 REPORTED_METRICS = ("iteration", "epoch", "mIoU", "mAcc", "aAcc", "fwIoU", "best_mIoU", "loss")
@@ -103,7 +107,8 @@ def check_model(cfg: ExperimentConfig, num_classes: int) -> int:
     """Build the model on the ``meta`` device (no weights are allocated); returns its parameter count.
 
     A local ``model.pretrained`` file is read and its keys and shapes checked against the backbone.
-    ``model.pretrained=true`` (the hub) is not downloaded here; with ``HF_HUB_OFFLINE`` set it fails.
+    ``model.pretrained=true`` (the hub) is not downloaded here: it fails unless the weights are cached
+    or the hub answers (``HF_HUB_OFFLINE`` set counts as no answer).
 
     Raises:
         ModelError: unknown backbone, unsupported ``output_stride`` or ``out_indices``, a head that
@@ -112,12 +117,14 @@ def check_model(cfg: ExperimentConfig, num_classes: int) -> int:
     import dataclasses
 
     from raycontrast.models import build_segmentor
-    from raycontrast.models.backbone import _hub_error, hub_offline
+    from raycontrast.models.hub import check_hub_weights
 
     model_cfg = cfg.model
     if model_cfg.pretrained is True:
-        if hub_offline():
-            raise _hub_error(model_cfg.backbone, None)
+        import timm
+
+        if timm.is_model(model_cfg.backbone):  # an unknown name is reported by the build below
+            check_hub_weights(model_cfg.backbone)
         model_cfg = dataclasses.replace(model_cfg, pretrained=False)
     with warnings.catch_warnings():
         # loading a weights file into meta tensors is a (wanted) no-op that torch warns about
@@ -251,10 +258,15 @@ def preflight(
             or file.
     """
     from raycontrast.data import dataset_info
+    from raycontrast.data.check import check_data_files
+    from raycontrast.outputs import check_output, check_run_dir
     from raycontrast.train.launcher import check_data, check_resume, check_storage, run_dir_of
 
     check_storage(cfg.storage_path)
+    check_run_dir(cfg.storage_path, cfg.name)
+    check_output(run_dir_of(cfg), training_inputs(cfg), "the run folder")
     check_data(cfg)
+    files = check_data_files(cfg.data, seed=cfg.train.seed)
     num_classes = int(dataset_info(cfg.data).num_classes)
     parameters = check_model(cfg, num_classes)
     check_resume(cfg, run_dir_of(cfg))
@@ -268,4 +280,28 @@ def preflight(
         cluster = ray.is_initialized()
     if cluster:
         need, have = check_resources(cfg, driver_cpus)
-    return Preflight(cfg, num_classes, parameters, need, have, config_warnings(cfg))
+    found = [*config_warnings(cfg), *_data_warnings(files.problems)]
+    return Preflight(cfg, num_classes, parameters, need, have, found)
+
+
+def training_inputs(cfg: ExperimentConfig) -> dict[str, str | None]:
+    """What a training run reads, by config key: the run folder may not be, hold or lie in any."""
+    data = cfg.data
+    inputs: dict[str, str | None] = {}
+    if data.source == "parquet":
+        inputs["data.parquet_dir"] = data.parquet_dir
+    elif data.dataset != "synthetic":
+        inputs["data.root"] = data.root
+    if isinstance(cfg.model.pretrained, str):
+        inputs["model.pretrained"] = cfg.model.pretrained
+    return inputs
+
+
+def _data_warnings(problems: Sequence[str]) -> list[str]:
+    """``data.on_bad_sample=skip``: the bad files preflight saw, as (at most a few) warnings."""
+    if not problems:
+        return []
+    shown = "; ".join(problems[:3]) + (
+        f"; ... ({len(problems)} in all)" if len(problems) > 3 else ""
+    )
+    return [f"data.on_bad_sample=skip will leave out bad samples: {shown}"]

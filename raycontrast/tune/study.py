@@ -44,6 +44,7 @@ from raycontrast.config import (
     param,
     read_yaml_mapping,
 )
+from raycontrast.outputs import check_run_dir
 
 __all__ = [
     "REPORTED_METRICS",
@@ -287,6 +288,7 @@ def load_study(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
             extra.remove(item)
     cfg = config_from_dict(StudyConfig, raw, source=source)
     cfg.storage_path = storage.resolve(cfg.storage_path)  # trials run in their own directories
+    check_run_dir(cfg.storage_path, cfg.name, f"{source}: name")
     _check_header(cfg, arms, [*cfg.overrides, *extra], source)
     base_path = (path.parent / cfg.base).resolve()
     study = Study(cfg, seeds, arms, regimes, path, base_path, extra)

@@ -38,6 +38,7 @@ from raycontrast.config import (
     param,
     read_yaml_mapping,
 )
+from raycontrast.outputs import check_run_dir
 
 __all__ = ["SPACE_KINDS", "SchedulerConfig", "Sweep", "SweepConfig", "check_sweep", "load_sweep"]
 
@@ -207,6 +208,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
             raw[key.strip()] = value
             extra_overrides.remove(item)
     cfg = config_from_dict(SweepConfig, raw, source=str(path))
+    check_run_dir(cfg.storage_path, cfg.name, f"{path}: name")
     if not cfg.base:
         raise ConfigError(f"{path}: 'base' (the experiment YAML trials start from) is required")
     base_path = (path.parent / cfg.base).resolve()

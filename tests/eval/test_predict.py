@@ -248,8 +248,9 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path):
     assert "broken.png" in result["skipped"][0]
     assert (tmp_path / "out" / "labels" / "sub" / "img1.png").is_file()
     (folder / "broken.png").unlink()
-    for _ in range(2):  # outputs inside the input folder are not read back as inputs
-        assert predict(ckpt, folder, folder / "pred")["images"] == 3
+    with pytest.raises(PredictError, match=r"--out .*pred is inside --input"):
+        predict(ckpt, folder, folder / "pred")  # outputs never go into the input folder
+    assert not (folder / "pred").exists()
 
 
 def test_cli_predict(trained, tmp_path, capsys):

@@ -9,19 +9,24 @@ Modes, measured in the same run on the same worker processes:
   batch by value;
 - ``plane_s1`` / ``plane_s4``: the object-store data plane (:mod:`raycontrast.bank.actor`) with 1 and 4
   class shards;
-- ``allgather``: ``torch.distributed.all_gather`` over N gloo processes.
+- ``allgather``: ``torch.distributed.all_gather`` over N gloo processes;
+- ``collective``: the default data plane (:mod:`raycontrast.bank.collective`): the same all_gather for
+  the replicas, plus each worker's batch handed to one bank actor (``ray.put`` once, a call the step
+  does not wait on); the workers are flushed before the digests are compared.
 
 ``exchange_s_per_step`` is the wall time of a worker's step loop divided by its steps (the loop does
 nothing but exchange, so this is the synchronised exchange), the slowest rank, median of repeats.
 ``busiest_bytes_per_step`` is, per process, the payload it produces for others per step, the largest
-over workers and actors: a worker's batch (``ray.put`` once, or sent by value), an actor's answers
+over workers and actors: a worker's batch (``ray.put`` once, or sent by value; for ``collective`` the
+ring's N - 1 chunks plus its batch to the actor), an actor's answers
 (batches by value for ``actor``; references for the data plane, at ``REF_NBYTES`` each), and for
 gloo's ring all_gather the N - 1 chunks each process forwards. ``wchar`` (bytes the process wrote to
 sockets / pipes / files, from ``/proc/<pid>/io``) is reported as a measured cross-check; it does not
 see shared-memory writes (object store), which is why it is not the headline figure.
 
 Usage: ``python benchmarks/bench_bank_scale.py [--workers 2,4,8,16] [--steps 20] [--repeats 3]``
-(writes benchmarks/results/bank_scale.json; ``--quick``: N = 2, 4, a few steps).
+``[--force]`` (writes benchmarks/results/bank_scale.json, or bank_scale_loaded.json when the machine
+was loaded at the start; ``--quick``: N = 2, 4, a few steps).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ray
 import torch
-from _measure import machine, save, table
+from _measure import add_force_flag, machine, save, table
 
 from raycontrast.bank import create_bank_actor
 from raycontrast.bank.actor import REF_NBYTES, object_store_usage
@@ -47,10 +52,11 @@ from raycontrast.bank.inline import create_inline_bank_actor
 
 NUM_CLASSES, DIM, PIXEL, REGION = 19, 256, 300, 30
 SPEC = {"num_classes": NUM_CLASSES, "dim": DIM, "size": 500, "kinds": ("pixel", "region")}
-MODES = ("actor", "plane_s1", "plane_s4", "allgather")
+MODES = ("actor", "plane_s1", "plane_s4", "allgather", "collective")
 TARGETS = {
     "busiest_bytes_per_step": "plane: flat in N (<= 1.2x from N=2 to N=16)",
     "exchange_s_per_step": "plane at N=16 <= allgather at N=16; at N=2 plane (actor) <= 1.0x allgather",
+    "collective": "exchange on the critical path <= allgather's at every N",
 }
 
 
@@ -90,20 +96,24 @@ class SimWorker:
         import torch.distributed as dist
 
         from raycontrast.bank.actor import NAMESPACE
+        from raycontrast.bank.collective import CollectiveSync
         from raycontrast.bank.inline import InlineActorSync
         from raycontrast.bank.sync import ActorSync, AllGatherSync
         from raycontrast.contrast import MemoryBank
 
         replica = MemoryBank(**SPEC)
+        if mode in ("allgather", "collective") and not dist.is_initialized():
+            dist.init_process_group(
+                "gloo",
+                init_method=f"tcp://127.0.0.1:{port}",
+                rank=self.rank,
+                world_size=world,
+            )
         if mode == "allgather":
-            if not dist.is_initialized():
-                dist.init_process_group(
-                    "gloo",
-                    init_method=f"tcp://127.0.0.1:{port}",
-                    rank=self.rank,
-                    world_size=world,
-                )
             self.sync = AllGatherSync(replica)
+        elif mode == "collective":
+            head = ray.get_actor(head_name, namespace=NAMESPACE)
+            self.sync = CollectiveSync(replica, head, self.rank, timeout_s=300)
         else:
             head = ray.get_actor(head_name, namespace=NAMESPACE)
             cls = InlineActorSync if mode == "actor" else ActorSync
@@ -111,6 +121,9 @@ class SimWorker:
         self.sync.start(None, 0)
         self.step = 0
         return True
+
+    def flush(self) -> None:
+        self.sync.flush()
 
     def teardown(self) -> None:
         import torch.distributed as dist
@@ -124,6 +137,7 @@ class SimWorker:
         sync = self.sync
         sent0, w0 = sync.bytes_sent, _wchar()
         recv0 = sync.bytes_received
+        actor0 = getattr(sync, "actor_bytes_sent", 0)
         t0 = time.perf_counter()
         for _ in range(steps):
             sync.exchange(self.step, self.batches[self.step % len(self.batches)])
@@ -134,6 +148,7 @@ class SimWorker:
             "wall_s": wall,
             "sent": sync.bytes_sent - sent0,
             "received": sync.bytes_received - recv0,
+            "actor_sent": getattr(sync, "actor_bytes_sent", 0) - actor0,
             "wchar": None if w0 is None or w1 is None else w1 - w0,
             "steps": steps,
         }
@@ -153,7 +168,7 @@ def _actor_handles(mode: str, name: str, world: int):
     if mode == "actor":
         handle = create_inline_bank_actor(name, SPEC, world)
         return name, [handle]
-    shards = 1 if mode == "plane_s1" else 4
+    shards = 4 if mode == "plane_s4" else 1
     head = create_bank_actor(name, SPEC, world, None, shards=shards)
     from raycontrast.bank.actor import NAMESPACE
 
@@ -174,9 +189,10 @@ def _actor_counters(actors) -> list[dict]:
 def measure(mode: str, workers: list, steps: int, repeats: int, warmup: int) -> dict:
     world = len(workers)
     name = f"scale-{mode}-{world}"
-    port = _free_port() if mode == "allgather" else None
+    port = _free_port() if mode in ("allgather", "collective") else None
     head, actors = (None, []) if mode == "allgather" else _actor_handles(mode, name, world)
-    if mode == "allgather":  # every rank joins the process group at once
+    if port is not None:  # every rank joins the process group at once (collective: rank 0 adopts
+        # the actor in start(), before a barrier)
         ray.get([w.setup.remote(mode, world, head, port) for w in workers])
     else:  # rank 0 first: it resets the actor before the others read its incarnation
         ray.get(workers[0].setup.remote(mode, world, head, port))
@@ -190,6 +206,10 @@ def measure(mode: str, workers: list, steps: int, repeats: int, warmup: int) -> 
         times.append(max(r["wall_s"] for r in runs) / steps)
         if mode == "allgather":  # ring all_gather: each process forwards N - 1 chunks
             per_worker = [r["received"] / steps for r in runs]
+        elif mode == "collective":  # the ring, plus its own batch once and one call per shard
+            per_worker = [
+                (r["received"] + r["actor_sent"]) / steps + len(actors) * REF_NBYTES for r in runs
+            ]
         else:
             calls = (1 if mode == "actor" else len(actors)) * REF_NBYTES * (mode != "actor")
             per_worker = [r["sent"] / steps + calls for r in runs]
@@ -204,6 +224,8 @@ def measure(mode: str, workers: list, steps: int, repeats: int, warmup: int) -> 
             if a["wchar"] is not None and b["wchar"] is not None
         ]
         wchar_busiest.append(max(wchars, default=None))
+    if mode == "collective":  # a collective: the actor then holds every step
+        ray.get([w.flush.remote() for w in workers])
     digests = ray.get([w.digest.remote() for w in workers])
     identical = len(set(digests)) == 1
     if actors:
@@ -253,7 +275,9 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="N = 2, 4; 5 steps (checks the script)"
     )
+    add_force_flag(parser)
     args = parser.parse_args()
+    state = machine()  # the load average before anything runs
     counts = [2, 4] if args.quick else [int(n) for n in args.workers.split(",")]
     steps = 5 if args.quick else args.steps
     long_steps = 20 if args.quick else args.long_steps
@@ -288,6 +312,11 @@ def main() -> None:
         checks[f"{mode}_bytes_ratio_N{hi}_over_N{lo}"] = b[mode][hi] / b[mode][lo]
         checks[f"{mode}_exchange_over_allgather_at_N{hi}"] = e[mode][hi] / e["allgather"][hi]
         checks[f"{mode}_exchange_over_allgather_at_N{lo}"] = e[mode][lo] / e["allgather"][lo]
+    for n in counts:
+        checks[f"collective_exchange_over_allgather_at_N{n}"] = (
+            e["collective"][str(n)] / e["allgather"][str(n)]
+        )
+    checks[f"collective_bytes_ratio_N{hi}_over_N{lo}"] = b["collective"][hi] / b["collective"][lo]
     checks[f"actor_bytes_ratio_N{hi}_over_N{lo}"] = b["actor"][hi] / b["actor"][lo]
     usage = results["object_store_long_run"]["usage_every_quarter"]
     checks["object_store_needed_bytes_last_over_first_quarter"] = (
@@ -301,7 +330,7 @@ def main() -> None:
         ref_nbytes=REF_NBYTES,
         settings={"workers": counts, "steps": steps, "repeats": args.repeats, "spec": SPEC},
         wall_s=time.perf_counter() - t_start,
-        machine=machine(),
+        machine=state,
         command="python benchmarks/bench_bank_scale.py"
         + (
             " --quick"
@@ -325,7 +354,8 @@ def main() -> None:
             )
     rows += [(k, f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in checks.items()]
     print(table(rows))
-    print(f"wrote {save('bank_scale_quick.json' if args.quick else 'bank_scale.json', results)}")
+    name = "bank_scale_quick.json" if args.quick else "bank_scale.json"
+    print(f"wrote {save(name, results, force=args.force)}")
 
 
 if __name__ == "__main__":

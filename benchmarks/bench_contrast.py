@@ -5,15 +5,20 @@ Measured in one run, each loss variant in its own subprocess (peak RSS above the
   forward + backward w.r.t. the anchors; dense (materialised N x M similarity and masks, as the original
   code) vs ours; the max abs difference of the two losses; and the FLOP floor of any exact method:
   the two ``anchors @ memory.T``-sized matmuls of a forward and its anchor gradient
-  (``S = A @ M.T``, then ``S @ M``), measured bare.
+  (``S = A @ M.T``, then ``S @ M``), measured bare; and ours with ``compute_dtype=bfloat16`` (memory
+  kept in float32, and kept in bfloat16 as ``contrast.memory_dtype=bfloat16`` does), over that fp32
+  floor, with its loss's relative error against fp32.
 - Enqueue of one batch (B=8, 128x256 features, D=256): a Python loop over images x classes (the original
-  style, with the bugs fixed) vs ours (``select_records`` + ``MemoryBank.write``).
+  style, with the bugs fixed) vs ours (``select_records`` + ``MemoryBank.write``), and the memory
+  floor of any enqueue: one pass reading the embeddings (what the region means must read).
 - ADE20K scale, ours alone: 150 classes x (5000 + 5000) entries.
 
 Every time is the median of ``--repeats`` (>= 3) runs, reported with its range; ratios are ratios of
 medians, with the range the repeats allow.
 
-Usage: ``python benchmarks/bench_contrast.py [--quick]`` (writes benchmarks/results/contrast.json).
+Usage: ``python benchmarks/bench_contrast.py [--quick] [--force]`` (writes
+benchmarks/results/contrast.json; a run started on a loaded machine goes to contrast_loaded.json
+unless --force, see docs/benchmarks-notes.md).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 import torch.nn.functional as F
 from _measure import (
+    add_force_flag,
     fmt_spread,
     machine,
     peak_rss,
@@ -82,16 +88,36 @@ def dense_loss(anchors, anchor_labels, memory, memory_labels):
     return -(TAU / TAU_BASE) * mean_log_prob_pos.mean()
 
 
-def ours_loss(anchors, anchor_labels, memory, memory_labels):
+def ours_loss(anchors, anchor_labels, memory, memory_labels, compute_dtype=None):
     blocks = class_blocks(memory_labels)
     return memory_contrast_loss_blocks(
-        anchors, anchor_labels, memory, blocks, tau=TAU, tau_base=TAU_BASE
+        anchors,
+        anchor_labels,
+        memory,
+        blocks,
+        tau=TAU,
+        tau_base=TAU_BASE,
+        compute_dtype=compute_dtype,
     )
+
+
+def ours_bf16_loss(anchors, anchor_labels, memory, memory_labels):
+    return ours_loss(anchors, anchor_labels, memory, memory_labels, compute_dtype="bfloat16")
+
+
+LOSSES = {
+    "dense": dense_loss,
+    "ours": ours_loss,
+    "ours_bf16": ours_bf16_loss,  # memory in float32: each chunk is cast
+    "ours_bf16_bank": ours_bf16_loss,  # memory stored in bfloat16 (contrast.memory_dtype)
+}
 
 
 def measure_loss(variant: str, scale: str, repeats: int) -> dict:
     anchors, alabels, memory, mlabels = make_inputs(scale)
-    fn = {"dense": dense_loss, "ours": ours_loss}[variant]
+    if variant == "ours_bf16_bank":
+        memory = memory.bfloat16()
+    fn = LOSSES[variant]
     base = reset_peak_rss()
     value = None
 
@@ -160,8 +186,15 @@ def loop_enqueue(bank: MemoryBank, embed, labels, num_classes, freq=10):
             _ring_write(bank, 0, c, F.normalize(class_feats[:, pick].T, dim=1))
 
 
+def read_floor(embed: torch.Tensor) -> torch.Tensor:
+    """One pass reading every embedding: what the region means (one per image and class) cost at
+    least, whatever computes them."""
+    return embed.sum((2, 3))
+
+
 def measure_enqueue(repeats: int) -> dict:
     embed, labels, c = _enqueue_inputs()
+    floor_t, floor_times = timed(lambda: read_floor(embed), repeats=repeats)
     loop_bank = MemoryBank(c, embed.shape[1], 5000)
     ours_bank = MemoryBank(c, embed.shape[1], 5000)
     loop_t, loop_times = timed(lambda: loop_enqueue(loop_bank, embed, labels, c), repeats=repeats)
@@ -169,17 +202,52 @@ def measure_enqueue(repeats: int) -> dict:
         lambda: ours_bank.write(select_records(embed, labels, c, pixel_update_freq=10)),
         repeats=repeats,
     )
+    # where the enqueue's time goes: the region means alone (one pass over the embeddings plus the
+    # one-hot of the labels) and the pixel choice alone (a random order of every valid pixel)
+    region_t, region_times = timed(
+        lambda: select_records(embed, labels, c, kinds=("region",)), repeats=repeats
+    )
+    pixel_t, pixel_times = timed(
+        lambda: select_records(embed, labels, c, kinds=("pixel",), pixel_update_freq=10),
+        repeats=repeats,
+    )
     return {
         "loop_time_s": loop_t,
         "loop_times_s": loop_times,
         "ours_time_s": ours_t,
         "ours_times_s": ours_times,
+        "region_only_time_s": region_t,
+        "region_only_times_s": region_times,
+        "pixel_only_time_s": pixel_t,
+        "pixel_only_times_s": pixel_times,
+        "read_floor_time_s": floor_t,
+        "read_floor_times_s": floor_times,
+        "embed_bytes": embed.numel() * embed.element_size(),
         "entries_per_batch": len(select_records(embed, labels, c)),
     }
 
 
+def bf16_support() -> dict:
+    """Whether this CPU has AVX-512 BF16 / AMX (``lscpu`` flags) and the ISA torch dispatches to."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
+
+
 def run_measure(name: str, scale: str, repeats: int) -> dict:
-    if name in ("dense", "ours"):
+    if name in LOSSES:
         return measure_loss(name, scale, repeats)
     if name == "floor":
         return measure_floor(scale, repeats)
@@ -196,6 +264,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (>= 3)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--scale", default="cityscapes", help=argparse.SUPPRESS)
+    add_force_flag(parser)
     args = parser.parse_args()
     if args.repeats < 3 and not args.measure:
         parser.error("--repeats must be >= 3 (medians with a spread)")
@@ -203,6 +272,7 @@ def main() -> None:
         print(json.dumps(run_measure(args.measure, args.scale, args.repeats)))
         return
 
+    state = machine()  # the load average before anything runs
     script = str(Path(__file__).resolve())
     city = "quick" if args.quick else "cityscapes"
     ade = "quick" if args.quick else "ade20k"
@@ -211,6 +281,9 @@ def main() -> None:
     dense = run_isolated(script, "dense", "--scale", city, "--repeats", r)
     print("ours ...", flush=True)
     ours = run_isolated(script, "ours", "--scale", city, "--repeats", r)
+    print("ours, bf16 kernel (memory fp32, then memory bf16) ...", flush=True)
+    bf16 = run_isolated(script, "ours_bf16", "--scale", city, "--repeats", r)
+    bf16_bank = run_isolated(script, "ours_bf16_bank", "--scale", city, "--repeats", r)
     print("FLOP floor (two bare matmuls) ...", flush=True)
     floor = run_isolated(script, "floor", "--scale", city, "--repeats", r)
     print("enqueue ...", flush=True)
@@ -223,8 +296,13 @@ def main() -> None:
         "loss_time_ratio_dense_over_ours": ratio_spread(dense["times_s"], ours["times_s"]),
         "loss_time_over_floor": ratio_spread(ours["times_s"], floor["times_s"]),
         "loss_time_over_one_matmul": ratio_spread(ours["times_s"], floor["one_matmul_times_s"]),
+        "loss_bf16_time_over_floor": ratio_spread(bf16["times_s"], floor["times_s"]),
+        "loss_bf16_bank_time_over_floor": ratio_spread(bf16_bank["times_s"], floor["times_s"]),
         "enqueue_time_ratio_loop_over_ours": ratio_spread(
             enqueue["loop_times_s"], enqueue["ours_times_s"]
+        ),
+        "enqueue_time_over_read_floor": ratio_spread(
+            enqueue["ours_times_s"], enqueue["read_floor_times_s"]
         ),
     }
     results = {
@@ -232,6 +310,9 @@ def main() -> None:
         "loss_peak_mem_ratio_dense_over_ours": dense["peak_above_inputs_bytes"]
         / max(ours["peak_above_inputs_bytes"], 1),
         "loss_max_abs_diff": abs(dense["loss"] - ours["loss"]),
+        "loss_bf16_rel_err": abs(bf16["loss"] - ours["loss"]) / abs(ours["loss"]),
+        "loss_bf16_bank_rel_err": abs(bf16_bank["loss"] - ours["loss"]) / abs(ours["loss"]),
+        "bf16_matmul": bf16_support(),
         "ade20k_peak_mem_gb": ade_run["peak_above_inputs_bytes"] / gb,
         "ratio_ranges": ratios,
         "repeats": args.repeats,
@@ -241,26 +322,36 @@ def main() -> None:
             "loss_peak_mem_ratio_dense_over_ours": ">= 10",
             "loss_time_over_floor": "<= 2 (1.0 = as fast as the two bare matmuls)",
             "enqueue_time_ratio_loop_over_ours": ">= 10",
+            "loss_bf16_time_over_floor": "<= 0.6 (bf16 loss over the fp32 two-matmul floor)",
+            "loss_bf16_rel_err": "<= 1e-3 (relative to the fp32 loss)",
+            "enqueue_time_over_read_floor": "<= 1.5 (one pass reading the embeddings)",
             "ade20k_peak_mem_gb": "< 2",
         },
         "raw": {
             "dense": dense,
             "ours": ours,
+            "ours_bf16": bf16,
+            "ours_bf16_bank": bf16_bank,
             "floor": floor,
             "enqueue": enqueue,
             "ade20k_ours": ade_run,
         },
-        "machine": machine(),
+        "machine": state,
         "command": "python benchmarks/bench_contrast.py" + (" --quick" if args.quick else ""),
     }
     rows = [
         ("time: median [min-max] of repeats", ""),
         ("dense fwd+bwd (s)", fmt_spread(dense["times_s"])),
         ("ours fwd+bwd (s)", fmt_spread(ours["times_s"])),
+        ("ours bf16 fwd+bwd (s)", fmt_spread(bf16["times_s"])),
+        ("ours bf16, bf16 bank (s)", fmt_spread(bf16_bank["times_s"])),
         ("floor: 2 bare matmuls (s)", fmt_spread(floor["times_s"])),
         ("1 bare matmul (s)", fmt_spread(floor["one_matmul_times_s"])),
         ("enqueue loop (ms)", fmt_spread(enqueue["loop_times_s"], 1e3, 1)),
         ("enqueue ours (ms)", fmt_spread(enqueue["ours_times_s"], 1e3, 1)),
+        ("enqueue read floor (ms)", fmt_spread(enqueue["read_floor_times_s"], 1e3, 1)),
+        ("  region means only (ms)", fmt_spread(enqueue["region_only_times_s"], 1e3, 1)),
+        ("  pixel choice only (ms)", fmt_spread(enqueue["pixel_only_times_s"], 1e3, 1)),
         ("ADE20K ours fwd+bwd (s)", fmt_spread(ade_run["times_s"])),
         ("dense peak above inputs (GB)", f"{dense['peak_above_inputs_bytes'] / gb:.3f}"),
         ("ours peak above inputs (GB)", f"{ours['peak_above_inputs_bytes'] / gb:.3f}"),
@@ -270,11 +361,18 @@ def main() -> None:
     rows += [(k, f"{v['median']:.3g} [{v['min']:.3g}-{v['max']:.3g}]") for k, v in ratios.items()]
     rows += [
         (k, f"{results[k]:.4g}")
-        for k in ("loss_peak_mem_ratio_dense_over_ours", "loss_max_abs_diff", "ade20k_peak_mem_gb")
+        for k in (
+            "loss_peak_mem_ratio_dense_over_ours",
+            "loss_max_abs_diff",
+            "loss_bf16_rel_err",
+            "loss_bf16_bank_rel_err",
+            "ade20k_peak_mem_gb",
+        )
     ]
+    rows.append(("bf16 matmul on this CPU", str(results["bf16_matmul"])))
     print(table(rows))
     name = "contrast_quick.json" if args.quick else "contrast.json"
-    print(f"wrote {save(name, results)}")
+    print(f"wrote {save(name, results, force=args.force)}")
 
 
 if __name__ == "__main__":

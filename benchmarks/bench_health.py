@@ -11,7 +11,8 @@ Cityscapes scale: 19 classes x 5000 pixel + 5000 region entries, D=256, float32,
 Every time is the median of ``--repeats`` (>= 3) runs with its range; ratios are ratios of medians with
 the range the repeats allow.
 
-Usage: ``python benchmarks/bench_health.py [--quick]`` (writes benchmarks/results/health.json).
+Usage: ``python benchmarks/bench_health.py [--quick] [--force]`` (writes
+benchmarks/results/health.json; a loaded machine's run goes to health_loaded.json unless --force).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.nn.functional as F
-from _measure import fmt_spread, machine, ratio_spread, save, table, timed
+from _measure import add_force_flag, fmt_spread, machine, ratio_spread, save, table, timed
 
 from raycontrast.contrast import BankRecords, MemoryBank, memory_contrast_loss_blocks
 from raycontrast.contrast.health import bank_health, memory_loss_stats, pca_2d, sample_bank
@@ -48,7 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
+    add_force_flag(parser)
     args = parser.parse_args()
+    state = machine()  # the load average before anything runs
     if args.repeats < 3:
         parser.error("--repeats must be >= 3")
     s = SCALES["quick" if args.quick else "cityscapes"]
@@ -91,7 +94,7 @@ def main() -> None:
     _, t_write = timed(write, r)
     _, t_stamp = timed(stamp, r)
     result = {
-        "machine": machine(),
+        "machine": state,
         "scale": s,
         "bank_entries": len(bank),
         "seconds": {
@@ -117,7 +120,8 @@ def main() -> None:
     for key, value in result["ratios"].items():
         rows.append((key, f"{value['median']:.3f} [{value['min']:.3f}-{value['max']:.3f}]"))
     print(table(rows))
-    print("saved", save("health_quick.json" if args.quick else "health.json", result))
+    name = "health_quick.json" if args.quick else "health.json"
+    print("saved", save(name, result, force=args.force))
 
 
 if __name__ == "__main__":

@@ -229,6 +229,14 @@ class ContrastConfig:
     memory_dtype: str = param(
         "float32", "Bank storage dtype.", choices=("float32", "float16", "bfloat16")
     )
+    compute_dtype: str = param(
+        "float32",
+        "Operand dtype of the contrast kernel's similarity matmuls (memory_sampling=all and the "
+        "in-batch term): bfloat16 halves the bytes and uses AVX-512 BF16 / AMX / tensor cores, "
+        "with float32 accumulation and log-sum-exp. Independent of train.amp (the kernel runs "
+        "outside autocast).",
+        choices=("float32", "bfloat16"),
+    )
     memory_sampling: str = param(
         "all",
         "Entries contrasted from memory.",
@@ -260,10 +268,22 @@ class BankConfig:
         "torch.distributed.all_gather; local: a private bank per worker.",
         choices=("actor", "allgather", "local"),
     )
+    data_plane: str = param(
+        "collective",
+        "actor mode: how records reach the replicas. collective: all_gather between the workers, "
+        "the actor fed asynchronously off the critical path (it stays the authority); "
+        "object_store: through the actor and Ray's object store.",
+        choices=("collective", "object_store"),
+    )
+    max_in_flight: int = param(
+        8,
+        "collective data plane: steps of unanswered actor calls before a step waits for the oldest.",
+        ge=1,
+    )
     overlap: bool = param(
         False,
-        "actor mode: exchange records in the background while the next step computes "
-        "(the bank a step sees is one step stale).",
+        "actor mode, object_store data plane: exchange records in the background while the next "
+        "step computes (the bank a step sees is one step stale).",
     )
     snapshot_every: int = param(
         0,
@@ -431,6 +451,11 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         )
     if cfg.bank.overlap and cfg.bank.mode != "actor":
         raise ConfigError("bank.overlap=true applies to bank.mode=actor only")
+    if cfg.bank.overlap and cfg.bank.data_plane != "object_store":
+        raise ConfigError(
+            "bank.overlap=true applies to bank.data_plane=object_store (the collective data plane "
+            "keeps the actor off the critical path already)"
+        )
     if cfg.bank.shards > 1 and cfg.bank.mode != "actor":
         raise ConfigError(f"bank.shards={cfg.bank.shards} applies to bank.mode=actor only")
 

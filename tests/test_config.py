@@ -55,6 +55,9 @@ def test_unknown_key_names_the_file_and_suggests(tmp_path):
         ("model=3", r"model must be a mapping"),
         ("train.sync_bn=true", r"train.sync_bn=true needs train.use_gpu=true"),
         ("bank.overlap=true bank.mode=local", r"bank.overlap=true applies to bank.mode=actor"),
+        ("bank.overlap=true", r"bank.overlap=true applies to bank.data_plane=object_store"),
+        ("bank.data_plane=nccl", r"bank.data_plane='nccl' is not one of: collective, object_store"),
+        ("contrast.compute_dtype=fp16", r"contrast.compute_dtype='fp16' is not one of"),
     ],
 )
 def test_bad_values_are_named(override, message):

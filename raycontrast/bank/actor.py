@@ -130,6 +130,8 @@ class BankActor:
             "lost_steps": 0,
             "bytes_out": 0,
             "bytes_read": 0,
+            "contributions": 0,
+            "stale_contributions": 0,
         }
         self._write_lock = asyncio.Lock()
         self._applied_cond = asyncio.Condition()
@@ -181,7 +183,24 @@ class BankActor:
         self.stats["bytes_out"] += REF_NBYTES * refs + wire_nbytes(answer)
         return answer
 
-    def _commit_ready(self) -> None:
+    async def contribute(
+        self, rank: int, step: int, batch: list[ray.ObjectRef], incarnation: str | None
+    ) -> dict[str, Any]:
+        """Collective data plane: receive ``rank``'s batch ``[ref]`` of ``step`` and answer at once
+        (the worker does not wait on it). A step is committed, in step order and with the batches in
+        rank order, once every rank's batch has arrived: the order the replicas wrote it in. A call
+        addressed to another incarnation (this actor restarted, or a new worker group adopted it) is
+        dropped: the workers resynchronise this actor from their replicas instead."""
+        self.stats["contributions"] += 1
+        if incarnation != self.incarnation:
+            self.stats["stale_contributions"] += 1
+            return {"incarnation": self.incarnation, "version": self.version, "stale": True}
+        if step >= self.version:
+            self.pending.setdefault(step, {})[rank] = batch[0]
+            self._commit_ready(log=False)
+        return {"incarnation": self.incarnation, "version": self.version}
+
+    def _commit_ready(self, log: bool = True) -> None:
         while self.pending:
             step = min(self.pending)
             parts = self.pending[step]
@@ -189,13 +208,15 @@ class BankActor:
                 return
             del self.pending[step]
             if step >= self.version:  # else already committed (a retried call): just release
-                self._commit(step, [parts[r] for r in sorted(parts)])
+                self._commit(step, [parts[r] for r in sorted(parts)], log)
             self.done.pop(step, asyncio.Event()).set()
 
-    def _commit(self, step: int, refs: list[ray.ObjectRef]) -> None:
-        """Make ``refs`` (rank order) version ``step + 1``: log it, and write it to the bank soon."""
+    def _commit(self, step: int, refs: list[ray.ObjectRef], log: bool = True) -> None:
+        """Make ``refs`` (rank order) version ``step + 1``: log it (unless the workers need no
+        answers), and write it to the bank soon."""
         version = step + 1  # a jump over lost steps after a restart is intended
-        self.log[version] = refs
+        if log:
+            self.log[version] = refs
         self.version = version
         task = asyncio.get_running_loop().create_task(self._write(version, refs, self.generation))
         self._tasks.add(task)
@@ -226,12 +247,18 @@ class BankActor:
         if self.snapshot_every and self.stats["steps_applied"] % self.snapshot_every == 0:
             await self.snapshot(all_shards=False)
 
-    async def _wait_applied(self) -> None:
-        """Until every committed version is written to the bank."""
-        target = self.version
+    async def _wait_applied(self, at_least: int = 0) -> None:
+        """Until every committed version, and version ``at_least`` (once committed: the collective
+        plane's last contributions may still be on their way), is written to the bank."""
+        target = max(self.version, at_least)
+        generation = self.generation
         async with self._applied_cond:
             await self._applied_cond.wait_for(
-                lambda: self.applied >= target or self.version < target
+                lambda: (
+                    self.applied >= target
+                    or (self.version < target and at_least <= self.version)
+                    or self.generation != generation
+                )
             )
 
     async def _answer(self, since: int, incarnation: str | None, upto: int) -> dict[str, Any]:
@@ -353,42 +380,45 @@ class BankActor:
             "stats": dict(self.stats),
         }
 
-    async def state(self) -> dict[str, Any]:
-        """This shard's bank (packed), its classes and version."""
-        await self._wait_applied()
+    async def state(self, at_least: int = 0) -> dict[str, Any]:
+        """This shard's bank (packed), its classes and version (once ``at_least`` is applied)."""
+        await self._wait_applied(at_least)
         return {
             "version": self.applied,
             "classes": self.classes,
             "state": _copy_state(pack_state(self.bank)),
         }
 
-    async def digest(self, whole: bool = True) -> dict[str, Any]:
+    async def digest(self, whole: bool = True, at_least: int = 0) -> dict[str, Any]:
         """SHA-1 (see :meth:`MemoryBank.digest`) of the whole bank, assembled from every shard's state
-        when there are several (shard 0; cached per version), or of this shard's own bank."""
+        when there are several (shard 0; cached per version), or of this shard's own bank; once
+        version ``at_least`` is applied."""
         from raycontrast.bank._wire import assemble_bank
 
-        await self._wait_applied()
+        await self._wait_applied(at_least)
         if self.shards == 1 or not whole:
             return {"version": self.applied, "digest": self.bank.digest()}
         version = self.applied
         if self._digest is None or self._digest[0] != version:
             parts = [
-                await self.state(),
-                *await asyncio.gather(*(p.state.remote() for p in self.peers)),
+                await self.state(at_least),
+                *await asyncio.gather(*(p.state.remote(at_least) for p in self.peers)),
             ]
             self._digest = (version, assemble_bank(self.spec, parts).digest())
         return {"version": version, "digest": self._digest[1]}
 
-    async def snapshot(self, all_shards: bool = True) -> list[str]:
-        """Write this shard's bank and version to its snapshot file (what a restarted actor reloads);
-        shard 0 also asks the other shards to (``all_shards``). Returns the files written."""
+    async def snapshot(self, all_shards: bool = True, at_least: int = 0) -> list[str]:
+        """Write this shard's bank and version to its snapshot file (what a restarted actor reloads),
+        once version ``at_least`` is applied; shard 0 also asks the other shards to
+        (``all_shards``). Returns the files written."""
         written = []
         if all_shards and self.peers:
-            for uris in await asyncio.gather(*(p.snapshot.remote(False) for p in self.peers)):
+            calls = (p.snapshot.remote(False, at_least) for p in self.peers)
+            for uris in await asyncio.gather(*calls):
                 written += uris
         if not self.snapshot_uri:
             return written
-        await self._wait_applied()
+        await self._wait_applied(at_least)
         buf = io.BytesIO()
         torch.save(
             {

@@ -1,9 +1,11 @@
 """Worker-side bank sharing: keep this worker's replica in step with the run's global bank.
 
 Three modes (``bank.mode``):
-- ``actor``: records go to the run's :class:`~raycontrast.bank.actor.BankActor`, which answers with what
-  to apply; with ``overlap`` the answer is collected one step later (the replica is one step stale, the
-  exchange hides behind the next step's compute).
+- ``actor``: the run's :class:`~raycontrast.bank.actor.BankActor` holds the authoritative bank. Its data
+  plane (``bank.data_plane``) is ``collective`` by default: replicas by all_gather, the actor fed
+  asynchronously (:mod:`raycontrast.bank.collective`); or ``object_store``: records go to the actor,
+  which answers with what to apply; with ``overlap`` the answer is collected one step later (the
+  replica is one step stale, the exchange hides behind the next step's compute).
 - ``allgather``: records are exchanged with ``torch.distributed.all_gather`` and written in rank order.
 - ``local``: each worker writes only its own records (no sharing).
 
@@ -16,7 +18,6 @@ import time
 from typing import Any
 
 import ray
-import torch
 import torch.distributed as dist
 
 from raycontrast._distributed import is_distributed
@@ -32,6 +33,7 @@ from raycontrast.bank._wire import (
     wire_nbytes,
 )
 from raycontrast.bank.actor import NAMESPACE
+from raycontrast.bank.groups import gather_records
 from raycontrast.contrast import BankRecords, MemoryBank
 
 __all__ = ["ActorSync", "AllGatherSync", "BankSync", "LocalSync", "make_bank_sync"]
@@ -123,31 +125,9 @@ class AllGatherSync(BankSync):
             self.replica.write(records)
             self.version = step + 1
             return
-        world = dist.get_world_size()
-        device = self.replica.device
-        records = records.to(device)
-        count = torch.tensor([len(records)], device=device, dtype=torch.long)
-        counts = [torch.zeros_like(count) for _ in range(world)]
-        dist.all_gather(counts, count)
-        counts = [int(c) for c in counts]
-        width = max(counts)
-        vec = records.vec.contiguous()
-        raw = vec.view(torch.uint8)  # any storage dtype travels as bytes (gloo lacks 16-bit ints)
-        meta = torch.zeros((width, 2), dtype=torch.long, device=device)
-        meta[: len(records), 0] = records.cls
-        meta[: len(records), 1] = records.kind
-        payload = torch.zeros((width, raw.shape[1]), dtype=raw.dtype, device=device)
-        payload[: len(records)] = raw
-        metas = [torch.empty_like(meta) for _ in range(world)]
-        payloads = [torch.empty_like(payload) for _ in range(world)]
-        dist.all_gather(metas, meta)
-        dist.all_gather(payloads, payload)
-        size = meta.numel() * meta.element_size() + payload.numel() * payload.element_size()
+        parts, _, size = gather_records(records.to(self.replica.device))
         self.bytes_sent += size
-        self.bytes_received += size * (world - 1)
-        parts = []
-        for n, m, p in zip(counts, metas, payloads):
-            parts.append(BankRecords(m[:n, 0], m[:n, 1], p[:n].view(vec.dtype)))
+        self.bytes_received += size * (len(parts) - 1)
         self.replica.write(BankRecords.cat(parts))
         self.version = step + 1
 
@@ -321,8 +301,10 @@ def make_bank_sync(
     actor: ray.actor.ActorHandle | None = None,
     overlap: bool = False,
     timeout_s: float = 600.0,
+    data_plane: str = "object_store",
+    max_in_flight: int = 8,
 ) -> BankSync:
-    """The sync strategy for ``bank.mode``."""
+    """The sync strategy for ``bank.mode`` (and, for ``actor``, ``bank.data_plane``)."""
     if mode == "local":
         return LocalSync(replica)
     if mode == "allgather":
@@ -330,5 +312,17 @@ def make_bank_sync(
     if mode == "actor":
         if actor is None:
             raise ValueError("bank.mode=actor needs the run's bank actor handle")
+        if data_plane == "collective":
+            if overlap:
+                raise ValueError("bank.overlap=true applies to bank.data_plane=object_store")
+            from raycontrast.bank.collective import CollectiveSync
+
+            return CollectiveSync(
+                replica, actor, rank, timeout_s=timeout_s, max_in_flight=max_in_flight
+            )
+        if data_plane != "object_store":
+            raise ValueError(
+                f"bank.data_plane must be collective or object_store, got {data_plane!r}"
+            )
         return ActorSync(replica, actor, rank, overlap=overlap, timeout_s=timeout_s)
     raise ValueError(f"bank.mode must be actor, allgather or local, got {mode!r}")

@@ -51,6 +51,32 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+_MATMUL_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def _matmul_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """``contrast.compute_dtype`` as the dtype of the similarity matmuls' operands (``None``: the
+    kernel's own float32 / float64)."""
+    if name is None or isinstance(name, torch.dtype):
+        return None if name in (None, torch.float32, torch.float64) else name
+    if name not in _MATMUL_DTYPES:
+        raise ValueError(f"compute_dtype must be float32 or bfloat16, got {name!r}")
+    return _MATMUL_DTYPES[name]
+
+
+def _mm(a: Tensor, b: Tensor, mm_dtype: torch.dtype | None) -> Tensor:
+    """``a @ b`` with operands in ``mm_dtype`` (``None``: as given), the product back in ``a``'s
+    dtype. The GEMM accumulates in float32; on CUDA the product is written in float32 too, on CPU
+    torch rounds it to bfloat16 on output (no mixed-output CPU GEMM), then it is widened."""
+    if mm_dtype is None:
+        return a @ b
+    out = a.dtype
+    a, b = a.to(mm_dtype), b.to(mm_dtype)
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=out)
+    return (a @ b).to(out)
+
+
 def zero_with_graph(*tensors: Tensor) -> Tensor:
     """A scalar 0 that is connected to the graph of every given tensor (so DDP sees all parameters)."""
     out = None
@@ -87,13 +113,14 @@ class _BlockInfoNCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, anchors, store, a_blocks, m_blocks, inv_tau, weight, exclude_self):
+    def forward(ctx, anchors, store, a_blocks, m_blocks, inv_tau, weight, exclude_self, mm_dtype):
         cdtype = _compute_dtype(anchors)
         z = anchors.detach().to(cdtype)
         n, d = z.shape
         need_gz, need_gs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
 
         zs = z * inv_tau  # similarities come out of the matmul already scaled
+        zs_mm = zs if mm_dtype is None else zs.to(mm_dtype)  # cast once, not per chunk
         mem_classes = sorted({c for c, _, _ in m_blocks})
         col = {c: j for j, c in enumerate(mem_classes)}
         # Pass 1: per-class block log-sum-exp L[i, c] (and softmax-weighted block means W[i, c]).
@@ -102,8 +129,9 @@ class _BlockInfoNCE(torch.autograd.Function):
         for c, s0, s1 in m_blocks:
             j = col[c]
             for a, b in _chunks(s0, s1, n):
-                x = store[a:b].detach().to(cdtype)
-                s = zs @ x.T
+                x = store[a:b].detach()
+                x = x.to(cdtype) if mm_dtype is None else x.to(mm_dtype)
+                s = _mm(zs_mm, x.T, mm_dtype).to(cdtype)
                 m = s.amax(1)
                 s.sub_(m[:, None]).exp_()
                 chunk_lse = m + s.sum(1).log()
@@ -112,7 +140,7 @@ class _BlockInfoNCE(torch.autograd.Function):
                 if wmean is not None:
                     w = wmean[:, j]  # a view: updated in place
                     w.mul_(torch.exp(old - new)[:, None])
-                    w.add_((s @ x).mul_(torch.exp(m - new)[:, None]))
+                    w.add_(_mm(s, x, mm_dtype).mul_(torch.exp(m - new)[:, None]))
                 lse[:, j] = new
 
         # Log-sum-exp over negatives: every block column except the anchor's own class.
@@ -136,12 +164,13 @@ class _BlockInfoNCE(torch.autograd.Function):
         for blk in m_blocks:
             blocks_of.setdefault(blk[0], []).append(blk)
         for c, r0, r1 in a_blocks:
-            zc = zs[r0:r1]
+            zc = zs_mm[r0:r1]
             ln = log_neg[r0:r1, None]
             for _, s0, s1 in blocks_of.get(c, ()):
                 for a, b in _chunks(s0, s1, r1 - r0):
-                    x = store[a:b].detach().to(cdtype)
-                    t = ln - zc @ x.T
+                    x = store[a:b].detach()
+                    x = x.to(cdtype) if mm_dtype is None else x.to(mm_dtype)
+                    t = ln - _mm(zc, x.T, mm_dtype).to(cdtype)
                     sp, sg = F.softplus(t), torch.sigmoid(t)
                     count = torch.full((r1 - r0,), b - a, dtype=z.dtype, device=z.device)
                     if exclude_self:
@@ -153,7 +182,7 @@ class _BlockInfoNCE(torch.autograd.Function):
                     sig_sum[r0:r1] += sg.sum(1)
                     n_pos[r0:r1] += count
                     if wpos is not None:
-                        wpos[r0:r1] += sg @ x
+                        wpos[r0:r1] += _mm(sg, x, mm_dtype)
 
         valid = n_pos > 0
         n_valid = int(valid.sum())
@@ -168,14 +197,14 @@ class _BlockInfoNCE(torch.autograd.Function):
             grad_z = ((coef * sig_sum)[:, None] * wneg - coef[:, None] * wpos) * inv_tau
         ctx.save_for_backward(anchors, store, log_neg, coef, sig_sum, has_neg)
         ctx.grad_z = grad_z
-        ctx.meta = (a_blocks, m_blocks, inv_tau, exclude_self, need_gs)
+        ctx.meta = (a_blocks, m_blocks, inv_tau, exclude_self, need_gs, mm_dtype)
         return loss
 
     @staticmethod
     @once_differentiable  # the gradient is precomputed in forward: a second derivative must raise
     def backward(ctx, grad_out):
         anchors, store, log_neg, coef, sig_sum, has_neg = ctx.saved_tensors
-        a_blocks, m_blocks, inv_tau, exclude_self, need_gs = ctx.meta
+        a_blocks, m_blocks, inv_tau, exclude_self, need_gs, mm_dtype = ctx.meta
         grad_anchors = grad_store = None
         if ctx.grad_z is not None:
             grad_anchors = (ctx.grad_z * grad_out).to(anchors.dtype)
@@ -191,9 +220,10 @@ class _BlockInfoNCE(torch.autograd.Function):
                 coef,
                 sig_sum,
                 has_neg,
+                mm_dtype,
             )
             grad_store = (grad_store * grad_out).to(store.dtype)
-        return grad_anchors, grad_store, None, None, None, None, None
+        return grad_anchors, grad_store, None, None, None, None, None, None
 
 
 def _self_pairs(r0: int, r1: int, a: int, b: int, device) -> tuple[Tensor, Tensor]:
@@ -203,7 +233,17 @@ def _self_pairs(r0: int, r1: int, a: int, b: int, device) -> tuple[Tensor, Tenso
 
 
 def _store_gradient(
-    anchors, store, a_blocks, m_blocks, inv_tau, exclude_self, log_neg, coef, sig_sum, has_neg
+    anchors,
+    store,
+    a_blocks,
+    m_blocks,
+    inv_tau,
+    exclude_self,
+    log_neg,
+    coef,
+    sig_sum,
+    has_neg,
+    mm_dtype=None,
 ):
     """d loss / d store, recomputing similarities chunk by chunk (only when the store needs a grad)."""
     cdtype = _compute_dtype(anchors)
@@ -216,14 +256,14 @@ def _store_gradient(
     for c, s0, s1 in m_blocks:
         r0, r1 = rows_of.get(c, (0, 0))
         for a, b in _chunks(s0, s1, n):
-            s = (z @ store[a:b].detach().to(cdtype).T) * inv_tau
+            s = _mm(z, store[a:b].detach().to(cdtype).T, mm_dtype) * inv_tau
             gs = torch.where(has_neg[:, None], g * torch.exp(s - ln), 0.0)
             if r1 > r0:
                 gs[r0:r1] = -coef[r0:r1, None] * torch.sigmoid(ln[r0:r1] - s[r0:r1])
                 if exclude_self:
                     rows, cols = _self_pairs(r0, r1, a, b, z.device)
                     gs[r0 + rows, cols] = 0
-            grad[a:b] = (gs.T @ z) * inv_tau
+            grad[a:b] = _mm(gs.T, z, mm_dtype) * inv_tau
     return grad
 
 
@@ -237,7 +277,11 @@ def _check_inputs(anchors: Tensor, anchor_labels: Tensor, name: str = "anchors")
 
 
 def inbatch_contrast_loss(
-    feats: Tensor, labels: Tensor, tau: float = 0.1, tau_base: float = 0.07
+    feats: Tensor,
+    labels: Tensor,
+    tau: float = 0.1,
+    tau_base: float = 0.07,
+    compute_dtype: str | torch.dtype | None = None,
 ) -> Tensor:
     """In-batch pixel-to-pixel contrast: every anchor against every other anchor (docs/concepts/spec.md).
 
@@ -246,6 +290,8 @@ def inbatch_contrast_loss(
         labels: ``(N,)`` integer class labels.
         tau: temperature.
         tau_base: base temperature; the loss is scaled by ``tau / tau_base``.
+        compute_dtype: ``bfloat16``: the similarity matmuls take bfloat16 operands (float32
+            accumulation, log-sum-exp and softplus in float32); ``float32``/``None``: full precision.
 
     Returns:
         A scalar; exactly 0 (with a graph) when no anchor has a positive.
@@ -260,7 +306,9 @@ def inbatch_contrast_loss(
     order = torch.argsort(labels, stable=True)
     z = feats[order]
     blocks = class_blocks(labels[order])
-    return _BlockInfoNCE.apply(z, z, blocks, blocks, 1.0 / tau, tau / tau_base, True)
+    return _BlockInfoNCE.apply(
+        z, z, blocks, blocks, 1.0 / tau, tau / tau_base, True, _matmul_dtype(compute_dtype)
+    )
 
 
 def memory_contrast_loss(
@@ -272,6 +320,7 @@ def memory_contrast_loss(
     tau_base: float = 0.07,
     sampling: MemorySampling | str = "all",
     generator: torch.Generator | None = None,
+    compute_dtype: str | torch.dtype | None = None,
 ) -> Tensor:
     """Anchors against memory entries (pixel and/or region), one InfoNCE (docs/concepts/spec.md).
 
@@ -286,6 +335,8 @@ def memory_contrast_loss(
         sampling: a :class:`~raycontrast.contrast.selection.MemorySampling` or a mode name
             (``all`` | ``hardest`` | ``semi_hard`` | ``mixed``, default parameters).
         generator: random source for ``semi_hard`` / ``mixed``.
+        compute_dtype: the similarity matmuls' operand dtype with ``sampling="all"`` (see
+            :func:`inbatch_contrast_loss`); the other samplings compute in float32.
 
     Returns:
         A scalar; exactly 0 (with a graph) for empty memory, no anchors, or no anchor with a positive.
@@ -308,6 +359,7 @@ def memory_contrast_loss(
         tau_base=tau_base,
         sampling=sampling,
         generator=generator,
+        compute_dtype=compute_dtype,
     )
 
 
@@ -320,6 +372,7 @@ def memory_contrast_loss_blocks(
     tau_base: float = 0.07,
     sampling: MemorySampling | str = "all",
     generator: torch.Generator | None = None,
+    compute_dtype: str | torch.dtype | None = None,
 ) -> Tensor:
     """:func:`memory_contrast_loss` on a store described by class blocks (what the bank hands out).
 
@@ -335,7 +388,14 @@ def memory_contrast_loss_blocks(
         z = anchors[order]
         a_blocks = class_blocks(anchor_labels[order])
         return _BlockInfoNCE.apply(
-            z, store, a_blocks, list(blocks), 1.0 / tau, tau / tau_base, False
+            z,
+            store,
+            a_blocks,
+            list(blocks),
+            1.0 / tau,
+            tau / tau_base,
+            False,
+            _matmul_dtype(compute_dtype),
         )
     selection = select_memory_entries(
         anchors, anchor_labels, store, blocks, sampling, generator=generator

@@ -107,7 +107,9 @@ class PixelContrastLoss(nn.Module):
         terms: dict[str, Tensor] = {}
         seen: dict[str, float] = {}
         if cfg.inbatch:
-            term = inbatch_contrast_loss(z.float(), zl, tau=cfg.tau, tau_base=cfg.tau_base)
+            term = inbatch_contrast_loss(
+                z.float(), zl, tau=cfg.tau, tau_base=cfg.tau_base, compute_dtype=cfg.compute_dtype
+            )
             terms["inbatch"] = term.detach()
             loss = loss + term
         if self.kinds:
@@ -123,6 +125,7 @@ class PixelContrastLoss(nn.Module):
                 tau_base=cfg.tau_base,
                 sampling=self.sampling,
                 generator=generator,
+                compute_dtype=cfg.compute_dtype,
             )
             terms["memory"] = term.detach()
             loss = loss + term

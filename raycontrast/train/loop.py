@@ -183,6 +183,8 @@ class Trainer:
             actor=actor,
             overlap=cfg.bank.overlap,
             timeout_s=cfg.train.collective_timeout_s,
+            data_plane=cfg.bank.data_plane,
+            max_in_flight=cfg.bank.max_in_flight,
         )
         return replica, sync
 

@@ -1,5 +1,5 @@
-"""Real Ray Train workers (gloo) sharing the bank: the data plane (one actor, two shards) and
-all_gather build the authoritative bank; a worker dies and the group restarts from a checkpoint."""
+"""Real Ray Train workers (gloo) sharing the bank: the object-store data plane (one actor, two
+shards), the collective data plane (two shards) and all_gather build the authoritative bank; a worker dies and the group restarts from a checkpoint."""
 
 import os
 import signal
@@ -82,6 +82,8 @@ def _worker(config):
             rank=rank,
             actor=ray.get_actor(actor, namespace=NAMESPACE),
             timeout_s=60,
+            data_plane="collective" if name == "collective" else "object_store",
+            max_in_flight=2,
         )
         for name, actor in config["actors"].items()
     }
@@ -102,16 +104,18 @@ def test_replicas_equal_the_actors_and_allgather_builds_the_same_bank(ray_sessio
     heads = {
         "one_actor": create_bank_actor("t-dist-1", SPEC, 2, None),
         "two_shards": create_bank_actor("t-dist-2", SPEC, 2, None, shards=2),
+        "collective": create_bank_actor("t-dist-c", SPEC, 2, None, shards=2),
     }
     config = {
         "actors": {
             "one_actor": "raycontrast-bank:t-dist-1",
             "two_shards": "raycontrast-bank:t-dist-2",
+            "collective": "raycontrast-bank:t-dist-c",
         }
     }
     rank0 = _trainer(_worker, "t-dist", config, tmp_path).fit().return_value
     expected = _expected(range(STEPS))
-    for name in ("one_actor", "two_shards", "allgather"):
+    for name in ("one_actor", "two_shards", "collective", "allgather"):
         bank = MemoryBank(**SPEC)
         bank.load_state_dict(unpack_state(rank0[name]))
         assert bank.equal(expected), name

@@ -207,6 +207,7 @@ def _patch_trainer(trainer, clock: _Clock) -> None:
         row["backward"] -= row.get("contrast_bwd", 0.0)
         row["contrast"] = row.get("contrast", 0.0) + row.get("contrast_bwd", 0.0)
         row["iteration"] = it + 1
+        row["anchors"] = out.contrast.num_anchors if out.contrast is not None else 0
         clock.rows.append(dict(row))
         clock.row = defaultdict(float)
         return out

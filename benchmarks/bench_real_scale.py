@@ -322,10 +322,8 @@ def main() -> None:
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
     )
     try:
-        runs = {
-            "cityscapes": _dataset_runs("cityscapes", roots, tmp, weights, steps, resume=False),
-            "ade20k": _dataset_runs("ade20k", roots, tmp, weights, steps, resume=True),
-        }
+        runs = {"ade20k": _dataset_runs("ade20k", roots, tmp, weights, steps, resume=True)}
+        runs["cityscapes"] = _dataset_runs("cityscapes", roots, tmp, weights, steps, resume=False)
         ckpt = runs["cityscapes"]["full"]["summary"]["checkpoint"]
         evals = _eval_times(ckpt, roots["cityscapes"], args.quick)
         print(f"[real-scale] eval: slide {evals['slide']:.1f} s, ms+flip {evals['ms_flip']:.1f} s")

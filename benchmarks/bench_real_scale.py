@@ -295,6 +295,12 @@ def main() -> None:
     parser.add_argument(
         "--backbone", default=BACKBONE, help="another timm HRNet, only to check the script quickly"
     )
+    parser.add_argument(
+        "--object-store-gb",
+        type=float,
+        default=3.0,
+        help="Ray object store (the ADE20K bank: 0.8 GB)",
+    )
     add_force_flag(parser)
     args = parser.parse_args()
     BACKBONE = args.backbone
@@ -316,7 +322,7 @@ def main() -> None:
     roots = _fake_trees(tmp / "data", args.quick)
     ray.init(
         num_cpus=os.cpu_count() or 1,
-        object_store_memory=4 * 1024**3,
+        object_store_memory=int(args.object_store_gb * 1024**3),
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},

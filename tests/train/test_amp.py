@@ -91,3 +91,17 @@ def test_grad_scaler_steps_when_the_contrast_loss_is_zero(iteration):
     assert proj and all(p.grad is not None and torch.all(p.grad == 0) for p in proj)
     changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]
     assert any(n.startswith("backbone") for n in changed)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the check runs for minutes")
+def test_gpu_check_skips_without_cuda():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines() == [
+        "gpu-check: skipped (no CUDA device: torch.cuda.is_available() is False)"
+    ]

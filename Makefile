@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: help venv install test lint format train tune docs bench bench-contrast bench-bank bench-bank-scale clean
+.PHONY: help venv install test lint format train tune docs bench bench-contrast bench-bank bench-bank-scale bench-real-scale gpu-check clean
 
 help:
 	@echo "make train           create .venv, install, run experiments/synthetic.yaml on a local Ray instance"
@@ -14,6 +14,8 @@ help:
 	@echo "make bench-contrast  contrast-loss and enqueue benchmark -> benchmarks/results/contrast.json"
 	@echo "make bench-bank      memory-bank exchange benchmark -> benchmarks/results/bank.json"
 	@echo "make bench-bank-scale  bank exchange at 2..16 simulated workers -> benchmarks/results/bank_scale.json"
+	@echo "make bench-real-scale  the paper's HRNet-W48 configs at full resolution -> benchmarks/results/real_scale.json"
+	@echo "make gpu-check       GPU/nccl/amp/SyncBN check (skips without CUDA) -> benchmarks/results/gpu_check.json"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +57,12 @@ bench-bank: $(STAMP)
 
 bench-bank-scale: $(STAMP)
 	$(BIN)/python benchmarks/bench_bank_scale.py $(ARGS)
+
+bench-real-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_real_scale.py $(ARGS)
+
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .hypothesis build site *.egg-info

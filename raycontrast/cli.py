@@ -1,4 +1,5 @@
-"""The ``raycontrast`` command line: train, tune, study, eval, export, convert, predict, report.
+"""The ``raycontrast`` command line: train, tune, study, eval, export, convert, fake-data, predict,
+report.
 
 Each subcommand is thin: it parses arguments and calls one public function of the package.
 """
@@ -110,6 +111,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         out=args.out,
         rows_per_shard=args.rows_per_shard,
         overrides=args.overrides,
+    )
+    return 0
+
+
+def _cmd_fake_data(args: argparse.Namespace) -> int:
+    from raycontrast.data.fake import write_fake_dataset
+
+    tree = write_fake_dataset(
+        args.like, args.out, args.n, n_val=args.n_val, seed=args.seed, scale=args.scale
+    )
+    print(
+        f"wrote {len(tree.files)} files ({args.like} layout) to {tree.root} in {tree.seconds:.1f} s"
     )
     return 0
 
@@ -238,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-shard", type=int, default=256, help="rows per Parquet file")
     p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.class_names=[a,b]")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "fake-data", help="write a fake Cityscapes / ADE20K tree at real sizes (benchmarks, tests)"
+    )
+    p.add_argument("--like", required=True, choices=("cityscapes", "ade20k"))
+    p.add_argument("--out", required=True, help="new or empty folder (or a previous fake tree)")
+    p.add_argument("--n", type=int, required=True, help="training images")
+    p.add_argument("--n-val", type=int, default=None, help="validation images (default n // 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0, help="shrink every size (tests)")
+    p.set_defaults(func=_cmd_fake_data)
 
     p = sub.add_parser("predict", help="segment images with a trained model: label PNGs + overlays")
     p.add_argument("model", help="run directory, checkpoint, or exported .pt / .pt2 model")

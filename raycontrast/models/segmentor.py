@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raycontrast.config import ModelConfig
@@ -14,6 +15,34 @@ from raycontrast.models.pretrained import load_pretrained_backbone
 from raycontrast.models.projection import ProjectionHead
 
 __all__ = ["DeployedSegmentor", "Segmentor", "build_segmentor", "deploy_model", "unwrap_model"]
+
+
+def input_multiple(backbone: nn.Module) -> int:
+    """The size multiple a backbone's input needs: timm's HRNet fuses branches with fixed-factor
+    upsampling, so sizes that are not multiples of its coarsest stride (32) fail (e.g. ADE20K's
+    520 crop, or a 512x683 image); every other backbone takes any size (1)."""
+    if "HighResolution" in type(backbone).__name__:
+        return max(feature_reductions(backbone))
+    return 1
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """``x`` zero-padded at the bottom/right to a multiple of ``multiple`` (unchanged if it is one)."""
+    h, w = x.shape[-2], x.shape[-1]
+    ph, pw = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, [0, pw, 0, ph])
+
+
+def crop_features(feats: list[Tensor], h: int, w: int, reductions: list[int]) -> list[Tensor]:
+    """Each level cropped to ``ceil(size / reduction)`` of an ``h x w`` input: the features of the
+    unpadded image (a no-op when nothing was padded)."""
+    out: list[Tensor] = []
+    for i, f in enumerate(feats):
+        r = reductions[i]
+        out.append(f[:, :, : (h + r - 1) // r, : (w + r - 1) // r])
+    return out
 
 
 class DeployedSegmentor(nn.Module):
@@ -31,10 +60,13 @@ class DeployedSegmentor(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.decode_head = decode_head
+        self.multiple = input_multiple(backbone)
+        self.reductions = feature_reductions(backbone)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, K, H, W)`` for images ``(B, 3, H, W)``."""
-        logits = self.decode_head(self.backbone(x))
+        feats = self.backbone(pad_to_multiple(x, self.multiple))
+        logits = self.decode_head(crop_features(feats, x.shape[-2], x.shape[-1], self.reductions))
         return resize(logits, [x.shape[-2], x.shape[-1]])
 
 
@@ -76,6 +108,7 @@ class Segmentor(nn.Module):
         self.cfg = cfg
         self.channels = feature_channels(backbone)
         self.reductions = feature_reductions(backbone)
+        self.multiple = input_multiple(backbone)
 
     @property
     def has_projection(self) -> bool:
@@ -84,7 +117,8 @@ class Segmentor(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Run the model; see the class docstring for the returned keys."""
-        feats = self.backbone(x)
+        feats = self.backbone(pad_to_multiple(x, self.multiple))
+        feats = crop_features(feats, x.shape[-2], x.shape[-1], self.reductions)
         out = {"logits": self.decode_head(feats)}
         if self.aux_head is not None:
             out["aux"] = self.aux_head(feats)
@@ -97,7 +131,8 @@ class Segmentor(nn.Module):
 
         Skips the auxiliary and projection heads. Call ``eval()`` first for inference.
         """
-        logits = self.decode_head(self.backbone(x))
+        feats = self.backbone(pad_to_multiple(x, self.multiple))
+        logits = self.decode_head(crop_features(feats, x.shape[-2], x.shape[-1], self.reductions))
         return resize(logits, [x.shape[-2], x.shape[-1]])
 
     def deploy(self) -> DeployedSegmentor:

@@ -75,6 +75,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point. ``config``: ``experiment`` (config dict), ``run_dir``, ``bank_actor``."""
     cfg = config_from_dict(ExperimentConfig, config["experiment"])
     trainer = Trainer(cfg, config["run_dir"], config.get("bank_actor"))
+    if os.environ.get("RAYCONTRAST_PHASES"):  # opt-in step timing (benchmarks/bench_real_scale.py)
+        from raycontrast.train.phases import instrument
+
+        return instrument(trainer, ray.train.get_checkpoint())
     trainer.resume(ray.train.get_checkpoint())
     return trainer.fit()
 

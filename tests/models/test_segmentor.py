@@ -152,3 +152,33 @@ def test_hrnetv2_concat_head(head):
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(seg.deploy()(x), seg.predict(x))
+
+
+def test_hrnet_takes_sizes_that_are_not_multiples_of_32():
+    """timm's HRNet fuses branches with fixed-factor upsampling, so 520x520 (the ADE20K crop) or
+    a 512x683 image failed; the input is now padded and the features cropped back."""
+    torch.manual_seed(0)
+    seg = build_segmentor(tiny_model("hrnet_w18_small"), 3).eval()
+    assert seg.multiple == 32
+    x = torch.randn(1, 3, 72, 100)
+    with torch.no_grad():
+        out = seg(x)
+        last = (-(-72 // seg.reductions[-1]), -(-100 // seg.reductions[-1]))
+        assert out["logits"].shape[-2:] == last and out["embed"].shape[-2:] == last
+        assert seg.predict(x).shape == (1, 3, 72, 100)
+        torch.testing.assert_close(seg.deploy()(x), seg.predict(x))
+        # reference: the backbone on the zero-padded image, each level cropped to ceil(size / r)
+        padded = seg.backbone(torch.nn.functional.pad(x, [0, 28, 0, 24]))
+        feats = [f[..., : -(-72 // r), : -(-100 // r)] for f, r in zip(padded, seg.reductions)]
+        torch.testing.assert_close(out["logits"], seg.decode_head(feats))
+        # multiples of 32 are untouched
+        y = torch.randn(1, 3, 64, 96)
+        torch.testing.assert_close(seg(y)["logits"], seg.decode_head(seg.backbone(y)))
+
+
+def test_other_backbones_are_not_padded():
+    seg = build_segmentor(tiny_model("resnet18"), 3).eval()
+    assert seg.multiple == 1
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        torch.testing.assert_close(seg(x)["logits"], seg.decode_head(seg.backbone(x)))

@@ -124,9 +124,35 @@ def connect(address: str | None = None) -> None:
                 f"cannot attach to the Ray cluster at {source}={address}: {first}"
             ) from None
     else:
-        # the dashboard (loopback only) serves the state API that Ray Train's controller polls
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+        _start_local()
         _started_local = True
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_local() -> None:
+    """A Ray instance of this run's own: its own temp dir and dashboard port, never another instance
+    on the machine. The dashboard (loopback only) serves the state API that Ray Train's controller
+    and placement-group cleaner poll; they find it through ``$RAY_API_SERVER_ADDRESS`` (inherited by
+    every worker), where they would otherwise look for "the" local instance and, finding two, fail
+    (the cleaner's thread dies, and with it the freeing of placement groups)."""
+    port = _free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    temp_dir = os.path.join(tempfile.gettempdir(), "raycontrast-ray", str(os.getpid()))
+    print("[raycontrast] starting Ray (a local instance of this run's own)", flush=True)
+    ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        _temp_dir=temp_dir,
+    )
 
 
 def shutdown_local() -> None:
@@ -135,6 +161,8 @@ def shutdown_local() -> None:
     global _started_local
     if _started_local and ray.is_initialized():
         ray.shutdown()
+    if _started_local:
+        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
     _started_local = False
 
 
@@ -223,6 +251,7 @@ def run_training(
 
     t0 = time.perf_counter()
     check_address(address)  # an unreachable cluster fails in seconds, before the other checks
+    print(f"[{cfg.name}] checking config, data, model and trackers", flush=True)
     checked = preflight(cfg, cluster=False)  # every check that needs no cluster, before connecting
     for warning in checked.warnings:
         print(f"[{cfg.name}] warning: {warning}", flush=True)
@@ -293,6 +322,7 @@ def run_training(
         f"bank {cfg.bank.mode if uses_bank else 'off'}; run dir {run_dir}",
         flush=True,
     )
+    print(f"[{cfg.name}] workers starting", flush=True)
     try:
         result = trainer.fit()
     except TrainingFailedError as err:
@@ -478,6 +508,9 @@ def _summarise(
         storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode()
     )
     _plots(run_dir, names, metrics.get("IoU"))
+    from raycontrast.train.tracking import finish_run
+
+    finish_run(cfg, run_dir, summary)
     if metrics:
         print(format_table(metrics, names), flush=True)
     print(

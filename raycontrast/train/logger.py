@@ -107,6 +107,7 @@ class RunLogger:
         self._t0 = time.perf_counter()
         self._last = (start_iteration, self._t0)
         self.last_bank: dict[str, float] = {}
+        self.tracker: Any = None  # a raycontrast.train.tracking.Tracking when trackers are on
 
     def _append(self, filename: str, fields: list[str], row: dict[str, Any]) -> None:
         path = self.local / filename
@@ -128,6 +129,8 @@ class RunLogger:
         """Log one training row (console, CSV, TensorBoard)."""
         it = row["iteration"]
         self._append("metrics.csv", TRAIN_FIELDS, row)
+        if self.tracker:
+            self.tracker.log_metrics({f"train/{k}": row.get(k) for k in TRAIN_FIELDS[1:]}, it)
         for key in ("loss", "ce", "aux", "contrast", "inbatch", "memory", "lr", "it_per_s"):
             if row.get(key) is not None:
                 self.tb.add_scalar(f"train/{key}", row[key], it)
@@ -150,6 +153,10 @@ class RunLogger:
         for name, value in zip(self.class_names, iou):
             row[f"IoU/{name}"] = value
         self._append("val.csv", fields, row)
+        if self.tracker:
+            self.tracker.log_metrics(
+                {f"val/{k}": v for k, v in row.items() if k != "iteration"}, iteration
+            )
         for key in VAL_FIELDS[1:]:
             if metrics.get(key) is not None:
                 self.tb.add_scalar(f"val/{key}", metrics[key], iteration)
@@ -177,6 +184,8 @@ class RunLogger:
             if math.isfinite(value):
                 self.tb.add_scalar(key, value, iteration)
         self.last_bank = row
+        if self.tracker:
+            self.tracker.log_metrics(health, iteration)
         kinds = [k for k in ("pixel", "region") if f"bank/{k}/fill" in health]
         parts = [
             f"{k} fill {100 * health[f'bank/{k}/fill']:.0f}% age {health[f'bank/{k}/age_mean']:.0f}"
@@ -213,6 +222,8 @@ class RunLogger:
                 storage.write_bytes(storage.join(self.run_dir, rel), path.read_bytes())
 
     def close(self) -> None:
+        if self.tracker:
+            self.tracker.finish()  # the driver reopens it for the summary and the plots
         self.tb.close()
         self.sync()
         if self.remote:

@@ -59,6 +59,7 @@ from raycontrast.train.elastic import record_worker_group
 from raycontrast.train.logger import RunLogger, console
 from raycontrast.train.losses import StepLosses, step_losses
 from raycontrast.train.state import get_rng_state, seed_everything, set_rng_state
+from raycontrast.train.tracking import open_tracking
 
 __all__ = ["NonFiniteLoss", "Trainer", "train_loop_per_worker"]
 
@@ -240,8 +241,10 @@ class Trainer:
             self.logger = RunLogger(
                 self.run_dir, cfg.name, self.start, cfg.train.iterations, self.info.class_names
             )
+            self.logger.tracker = open_tracking(cfg, self.run_dir)
             if self.start == 0 and not storage.is_uri(self.run_dir):
                 save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+            console(f"[{cfg.name}] loading data")
             # the same few validation images at every evaluation (from the whole split)
             val_split = build_dataset(cfg.data, cfg.data.val_split, train=False)
             self.val_samples = pick_val_samples(val_split, 4)

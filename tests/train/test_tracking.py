@@ -1,0 +1,205 @@
+"""Experiment tracking against real trackers: a local MLflow server (SQLite store) and W&B offline.
+
+Skipped with the reason when the extra is not installed (``pip install raycontrast[mlflow]`` /
+``[wandb]``; ``make test`` installs both through ``dev``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raycontrast.config import ConfigError
+from raycontrast.train.tracking import (
+    IDS_FILE,
+    MlflowTracker,
+    Tracking,
+    _Safe,
+    check_trackers,
+    flatten_params,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite store and artifacts in a temp dir."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (raycontrast[mlflow])")
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    proc = subprocess.Popen(
+        [
+            exe,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/m.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"mlflow server did not start on {uri}")
+            time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _history(client, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def _artifacts(client, run_id: str, folder: str | None = None) -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id, folder)}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_mlflow_run_logs_params_metrics_artifacts_and_resume_continues_it(
+    ray_session, tiny, mlflow_server
+):
+    from mlflow.tracking import MlflowClient
+
+    from raycontrast.train import run_training
+
+    cfg = tiny(
+        "tracked",
+        "train.num_workers=1",
+        f"log.mlflow.tracking_uri={mlflow_server}",
+        "log.mlflow.experiment=tests",
+    )
+    summary = run_training(cfg)
+    run_dir = Path(summary["run_dir"])
+    run_id = json.loads((run_dir / IDS_FILE).read_text())["mlflow"]
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
+    # the resolved config as params
+    assert run.data.params["model.backbone"] == "resnet18"
+    assert run.data.params["train.iterations"] == "4"
+    assert len(run.data.params) == len(flatten_params(cfg))
+    # every metric the run writes: losses per logged iteration, evaluations, per-class IoU, bank
+    assert sorted(_history(client, run_id, "train/loss")) == [1, 2, 3, 4]
+    val_rows = {int(r["iteration"]): float(r["mIoU"]) for r in _csv(run_dir / "val.csv")}
+    assert _history(client, run_id, "val/mIoU") == pytest.approx(val_rows)
+    first_class = summary["per_class_IoU"] and next(iter(summary["per_class_IoU"]))
+    assert set(_history(client, run_id, f"val/IoU/{first_class}")) == {2, 4}
+    assert set(_history(client, run_id, "bank/pixel/fill")) == {2, 4}
+    assert run.data.metrics["final/mIoU"] == pytest.approx(summary["mIoU"])
+    # the summary and the PNGs
+    assert "summary.json" in _artifacts(client, run_id)
+    plots = {Path(p).name for p in _artifacts(client, run_id, "plots")}
+    assert {"loss.png", "miou.png", "per_class_iou.png", "bank_health.png"} <= plots
+
+    # a rerun with more iterations resumes the run, and the same tracked run
+    cfg.train.iterations = 6
+    run_training(cfg)
+    assert json.loads((run_dir / IDS_FILE).read_text())["mlflow"] == run_id
+    runs = client.search_runs(
+        [run.info.experiment_id], filter_string="attributes.run_name = 'tracked'"
+    )
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert set(_history(client, run_id, "val/mIoU")) == {2, 4, 6}
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_wandb_offline_run_leaves_params_metrics_and_files(ray_session, tiny, monkeypatch):
+    pytest.importorskip("wandb", reason="the wandb extra is not installed (raycontrast[wandb])")
+    from raycontrast.train import run_training
+
+    cfg = tiny("wb", "train.num_workers=1", "log.wandb.project=tests", "log.wandb.mode=offline")
+    summary = run_training(cfg)
+    run_dir = Path(summary["run_dir"])
+    run_id = json.loads((run_dir / IDS_FILE).read_text())["wandb"]
+    # one offline folder per process that wrote to the run (rank 0, then the driver), one run id
+    folders = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(folders) == 2
+    worker, driver = folders
+    config = yaml.safe_load((worker / "files" / "config.yaml").read_text())
+    assert config["model.backbone"]["value"] == "resnet18"
+    logged = json.loads((worker / "files" / "wandb-summary.json").read_text())
+    last_val = _csv(run_dir / "val.csv")[-1]
+    assert logged["iteration"] == 4
+    assert logged["val/mIoU"] == pytest.approx(float(last_val["mIoU"]))
+    assert "train/loss" in logged and "bank/pixel/fill" in logged
+    final = json.loads((driver / "files" / "wandb-summary.json").read_text())
+    assert final["final/mIoU"] == pytest.approx(summary["mIoU"])
+    assert (driver / "files" / "summary.json").is_file()
+    assert (driver / "files" / "plots" / "loss.png").stat().st_size > 0
+
+
+def test_preflight_names_a_tracker_that_is_down_or_not_logged_in(tiny, monkeypatch):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (raycontrast[mlflow])")
+    down = f"http://127.0.0.1:{_free_port()}"
+    cfg = tiny("down", f"log.mlflow.tracking_uri={down}")
+    with pytest.raises(ConfigError, match=rf"log.mlflow.tracking_uri={down}: .*does not answer"):
+        check_trackers(cfg)
+    pytest.importorskip("wandb", reason="the wandb extra is not installed (raycontrast[wandb])")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(Path(cfg.storage_path)))
+    monkeypatch.setenv("NETRC", str(Path(cfg.storage_path) / "netrc"))
+    cfg = tiny("nologin", "log.wandb.project=tests")
+    with pytest.raises(ConfigError, match=r"log.wandb.project=tests .*needs a W&B login"):
+        check_trackers(cfg)
+
+
+def test_a_tracker_failing_mid_run_warns_once_and_logging_goes_on(tmp_path, capfd):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (raycontrast[mlflow])")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tracker = MlflowTracker(uri, "tests")
+    tracking = Tracking([_Safe(tracker, "mid")])
+    run_id = tracker.start("mid")
+    tracking.log_metrics({"train/loss": 1.0}, 1)
+    tracker.client.delete_run(run_id)  # the store now refuses writes to this run
+    tracking.log_metrics({"train/loss": 0.5}, 2)
+    tracking.log_metrics({"train/loss": 0.25}, 3)
+    out = capfd.readouterr().out
+    assert out.count("warning: mlflow tracking at log.mlflow.tracking_uri=" + uri) == 1
+    assert "training continues" in out
+    assert not tracking  # switched off: no further calls to the failing store
+    assert [m.step for m in tracker.client.get_metric_history(run_id, "train/loss")] == [1]

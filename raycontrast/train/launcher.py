@@ -482,6 +482,10 @@ def _summarise(
 
     metrics = out.get("metrics") or {}
     names = out.get("class_names") or []
+    # a resumed run: the segments before this one count too (their training time, from wall.json)
+    this_segment = out.get("train_wall_s_this_segment")
+    earlier = (out.get("train_wall_s") or 0.0) - (this_segment or 0.0)
+    wall_s += max(earlier, 0.0)
     per_class = dict(zip(names, metrics.get("IoU") or []))
     summary = {
         "name": cfg.name,
@@ -493,6 +497,7 @@ def _summarise(
         "iterations": out.get("iterations"),
         "wall_s": wall_s,
         "train_wall_s": out.get("train_wall_s"),
+        "train_wall_s_this_segment": this_segment,
         "per_class_IoU": per_class,
         "best": out.get("best"),
         "skipped_samples": out.get("skipped_samples"),
@@ -513,11 +518,19 @@ def _summarise(
     finish_run(cfg, run_dir, summary)
     if metrics:
         print(format_table(metrics, names), flush=True)
+    segments = " (all segments of the resumed run)" if earlier > 0 else ""
     print(
         f"[{cfg.name}] done: mIoU {100 * (summary['mIoU'] or 0):.2f} after {summary['iterations']} "
-        f"iterations in {wall_s:.0f}s; summary at {storage.join(run_dir, 'summary.json')}",
+        f"iterations in {wall_s:.0f}s{segments}; summary at {storage.join(run_dir, 'summary.json')}",
         flush=True,
     )
+    if summary["checkpoint"]:
+        print(
+            f"[{cfg.name}] that mIoU is the last evaluation's (eval.mode {cfg.eval.mode}); "
+            f"`raycontrast eval {storage.join(run_dir, 'config.yaml')} {summary['checkpoint']}` "
+            "measures it again and says why if it differs",
+            flush=True,
+        )
     return summary
 
 

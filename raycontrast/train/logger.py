@@ -14,6 +14,7 @@ and uploaded at each evaluation and at the end.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import sys
@@ -44,6 +45,7 @@ TRAIN_FIELDS = [
 ]
 VAL_FIELDS = ["iteration", "mIoU", "mAcc", "aAcc", "fwIoU"]
 FILES = ("metrics.csv", "val.csv", "summary.json", "config.yaml")
+WALL_FILE = "wall.json"  # training seconds of each segment of a resumed run
 
 
 def console(message: str) -> None:
@@ -95,7 +97,7 @@ class RunLogger:
         )
         self.local.mkdir(parents=True, exist_ok=True)
         if self.remote:
-            for name_ in ("metrics.csv", "val.csv", "bank.csv"):
+            for name_ in ("metrics.csv", "val.csv", "bank.csv", WALL_FILE):
                 uri = storage.join(run_dir, name_)
                 if storage.exists(uri):
                     (self.local / name_).write_bytes(storage.read_bytes(uri))
@@ -108,6 +110,12 @@ class RunLogger:
         self._last = (start_iteration, self._t0)
         self.last_bank: dict[str, float] = {}
         self.tracker: Any = None  # a raycontrast.train.tracking.Tracking when trackers are on
+        # training time of the segments before this one (a resumed run counts all of them)
+        self._start = start_iteration
+        self._segments = [
+            seg for seg in _read_segments(self.local / WALL_FILE) if seg[0] < start_iteration
+        ]
+        self.previous_wall = sum(seg[2] for seg in self._segments)
 
     def _append(self, filename: str, fields: list[str], row: dict[str, Any]) -> None:
         path = self.local / filename
@@ -146,6 +154,9 @@ class RunLogger:
 
     def val(self, iteration: int, metrics: dict[str, Any]) -> None:
         """Log one evaluation."""
+        # this segment's time up to this checkpoint (what a resume from it keeps)
+        segment = [self._start, iteration, time.perf_counter() - self._t0]
+        (self.local / WALL_FILE).write_text(json.dumps([*self._segments, segment]))
         iou = metrics.get("IoU") or []
         row = {k: metrics.get(k) for k in VAL_FIELDS[1:]}
         row["iteration"] = iteration
@@ -230,6 +241,14 @@ class RunLogger:
             shutil.rmtree(self.local, ignore_errors=True)
 
 
+def _read_segments(path: Path) -> list[list[float]]:
+    """``[[start_iteration, last_checkpoint_iteration, seconds], ...]`` of ``wall.json``."""
+    try:
+        return [list(seg) for seg in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
@@ -262,8 +281,13 @@ def write_plots(
     if train:
         fig, ax = plt.subplots(figsize=(7, 4))
         its = [_num(r["iteration"]) for r in train]
-        for key in ("loss", "ce", "contrast"):
-            ax.plot(its, [_num(r.get(key)) for r in train], label=key)
+        labels = {
+            "loss": "loss (total, weighted)",
+            "ce": "ce",
+            "contrast": "contrast (unweighted; total adds contrast.loss_weight x this)",
+        }
+        for key, label in labels.items():
+            ax.plot(its, [_num(r.get(key)) for r in train], label=label)
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
         ax.set_title("training loss")

@@ -521,7 +521,9 @@ class Trainer:
             "metrics": self.metrics,
             "best": {k: v for k, v in self.best.items() if k != "metrics"},
             "class_names": list(self.info.class_names),
-            "train_wall_s": wall,
+            # every segment of a resumed run, each up to the checkpoint the next resumed from
+            "train_wall_s": wall + (self.logger.previous_wall if self.logger is not None else 0.0),
+            "train_wall_s_this_segment": wall,
             "skipped_samples": self.totals["skipped_samples"],
             "skipped_steps": self.totals["skipped_steps"],
             "bank": bank,

@@ -2,10 +2,16 @@
 
 import io
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from raycontrast.console import LineFilter, hidden, install
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Lines as Ray 2.60 printed them on this machine (shortened where they repeat).
 NOISE = [
@@ -71,3 +77,42 @@ def test_install_filters_streams_and_log_records_and_verbose_shows_all(monkeypat
     monkeypatch.setattr(sys, "stdout", sys.__stdout__)
     monkeypatch.setenv("RAYCONTRAST_VERBOSE", "1")
     assert install() is False
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_default_console_of_a_training_run_is_raycontrasts_own(ray_session, tmp_path):
+    """A ``raycontrast train`` process while another Ray instance (the test session's) runs: its
+    own instance, no Ray report lines, no traceback, and its placement groups freed."""
+    from tests.train.conftest import TINY
+
+    script = (
+        "import sys, time, ray\n"
+        "from raycontrast.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "for _ in range(40):\n"
+        "    states = {g['state'] for g in ray.util.placement_group_table().values()}\n"
+        "    if states <= {'REMOVED'}: break\n"
+        "    time.sleep(0.5)\n"
+        "print('PLACEMENT_GROUPS', sorted(states), flush=True)\n"
+        "sys.exit(rc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYCONTRAST_VERBOSE")}
+    env["PYTHONPATH"] = str(REPO)
+    args = ["train", *TINY, "train.num_workers=1", "name=console"]
+    args.append(f"storage_path={tmp_path / 'runs'}")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for phase in ("starting Ray", "workers starting", "loading data", "eval at it 4", "done: mIoU"):
+        assert phase in out, phase
+    assert "Reporting training result" not in out
+    assert "Traceback" not in out and "Found multiple active Ray instances" not in out
+    assert "PLACEMENT_GROUPS ['REMOVED']" in out or "PLACEMENT_GROUPS []" in out

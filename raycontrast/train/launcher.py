@@ -464,6 +464,9 @@ def dry_run(cfg: ExperimentConfig, address: str | None = None) -> Any:
     from raycontrast.train.preflight import check_resources, local_capacity, preflight
 
     check_address(address)
+    print(
+        f"[{cfg.name}] checking config, storage, data, model, checkpoint and trackers", flush=True
+    )
     report = preflight(cfg, cluster=False)
     if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         connect(address)

@@ -293,9 +293,13 @@ def check_study(study: Study, address: str | None = None, cluster: bool = True) 
                 check_data(study.experiment(arm, regime))
         return []
     reports = []
+    total = len(study.regimes) * len(study.arms)
     for regime in study.regimes:
         for arm in study.arms:
             where = f"arm {arm!r}" + (f" in regime {regime!r}" if regime else "")
+            print(
+                f"[{study.config.name}] checking {where} ({len(reports) + 1}/{total})", flush=True
+            )
             try:
                 reports.append(
                     preflight(

@@ -61,11 +61,11 @@ def mlflow_server(tmp_path_factory):
             "1",
         ],
         cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(root / "server.log").open("w"),
+        stderr=subprocess.STDOUT,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # a loaded 2-core machine: the migrations take a while
     while True:
         try:
             urllib.request.urlopen(f"{uri}/health", timeout=2).read()
@@ -73,7 +73,8 @@ def mlflow_server(tmp_path_factory):
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"mlflow server did not start on {uri}")
+                log = (root / "server.log").read_text()[-2000:]
+                pytest.fail(f"mlflow server did not start on {uri}:\n{log}")
             time.sleep(0.5)
     yield uri
     proc.terminate()
@@ -203,3 +204,51 @@ def test_a_tracker_failing_mid_run_warns_once_and_logging_goes_on(tmp_path, capf
     assert "training continues" in out
     assert not tracking  # switched off: no further calls to the failing store
     assert [m.step for m in tracker.client.get_metric_history(run_id, "train/loss")] == [1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_study_logs_one_parent_run_with_its_trials_and_results(
+    ray_session, tmp_path, mlflow_server
+):
+    from mlflow.tracking import MlflowClient
+
+    from raycontrast.tune import run_study
+    from tests.train.conftest import TINY
+
+    doc = {
+        "base": str(REPO / "experiments" / "synthetic.yaml"),
+        "name": "tracked_study",
+        "storage_path": str(tmp_path / "studies"),
+        "overrides": [
+            *TINY,
+            "train.num_workers=1",
+            "train.cpus_per_worker=0.75",
+            "train.batch_size=2",
+            "train.iterations=2",
+            f"log.mlflow.tracking_uri={mlflow_server}",
+            "log.mlflow.experiment=studies",
+        ],
+        "seeds": [0, 1],
+        "reference": "ce",
+        "arms": {"ce": {"contrast.enabled": False}, "contrast": {}},
+        "trial_cpus": 0.25,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    run_study(str(path))
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("studies")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("raycontrast_role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == "tracked_study" and parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(
+        f"tracked_study_{arm}-s{seed}" for arm in ("ce", "contrast") for seed in (0, 1)
+    )
+    assert all("final/mIoU" in r.data.metrics for r in children)
+    attached = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert {"study.md", "runs.csv", "mIoU_per_arm.png"} <= attached

@@ -39,11 +39,16 @@ HIDDEN: tuple[re.Pattern[str], ...] = tuple(
         r"Started a local Ray instance\.",
         r"View the dashboard at",
         r"Uninstrumented ray\.train\.report",
+        # the core worker cannot reach the metrics agent of a local instance (metrics only)
+        r"Failed to establish connection to the metrics exporter agent",
+        r"Metrics will not be exported",
     )
 )
 """Lines hidden by default; a line that also names an error, exception or traceback is never hidden."""
 
 _KEEP_ALWAYS = re.compile(r"Error|Exception|Traceback")
+# error words inside a known-harmless line (the metrics agent's status is named as an RpcError)
+_BENIGN = (re.compile(r"Exporter agent status: RpcError:.*$"),)
 
 
 def hidden(line: str) -> bool:
@@ -52,7 +57,7 @@ def hidden(line: str) -> bool:
         return False
     # "Failed to query ..." is itself the noise; any other error word means trouble
     text = line
-    for p in HIDDEN:
+    for p in (*HIDDEN, *_BENIGN):
         text = p.sub("", text)
     return not _KEEP_ALWAYS.search(text)
 

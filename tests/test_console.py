@@ -23,6 +23,9 @@ NOISE = [
     "enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
     "(PlacementGroupCleaner pid=77) Failed to query Ray Train Controller actor state. State API may "
     "be temporarily unavailable. Continuing to monitor.",
+    "(raylet) [2026-12-03 16:32:50,100 E 4242 4250] core_worker_process.cc:837: Failed to establish "
+    "connection to the metrics exporter agent. Metrics will not be exported. Exporter agent status: "
+    "RpcError: Running out of retries to initialize the metrics agent.",
 ]
 KEPT = [
     "[tiny] it 2/4 | loss 2.1 (ce 2.0) | lr 1.0e-02 | 3.1 it/s | ETA 1s",

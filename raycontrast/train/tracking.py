@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -197,7 +198,7 @@ class WandbTracker:
         self.run = wandb.init(
             project=self.project,
             mode=self.mode,
-            id=run_id or wandb.util.generate_id(),
+            id=run_id or secrets.token_hex(4),
             resume="allow",
             name=name,
             group=group,

@@ -160,18 +160,61 @@ def test_wandb_offline_run_leaves_params_metrics_and_files(ray_session, tiny, mo
     # one offline folder per process that wrote to the run (rank 0, then the driver), one run id
     folders = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(folders) == 2
-    worker, driver = folders
-    config = yaml.safe_load((worker / "files" / "config.yaml").read_text())
-    assert config["model.backbone"]["value"] == "resnet18"
-    logged = json.loads((worker / "files" / "wandb-summary.json").read_text())
-    last_val = _csv(run_dir / "val.csv")[-1]
-    assert logged["iteration"] == 4
-    assert logged["val/mIoU"] == pytest.approx(float(last_val["mIoU"]))
-    assert "train/loss" in logged and "bank/pixel/fill" in logged
-    final = json.loads((driver / "files" / "wandb-summary.json").read_text())
-    assert final["final/mIoU"] == pytest.approx(summary["mIoU"])
-    assert (driver / "files" / "summary.json").is_file()
-    assert (driver / "files" / "plots" / "loss.png").stat().st_size > 0
+    worker, driver = (_wandb_run(folder) for folder in folders)
+    assert json.loads(worker["config"]["model.backbone"]) == "resnet18"
+    assert json.loads(worker["config"]["train.iterations"]) == 4
+    loss = {
+        int(row["iteration"]): row["train/loss"] for row in worker["history"] if "train/loss" in row
+    }
+    assert sorted(loss) == [1, 2, 3, 4]
+    val = {int(row["iteration"]): row["val/mIoU"] for row in worker["history"] if "val/mIoU" in row}
+    val_rows = {int(r["iteration"]): float(r["mIoU"]) for r in _csv(run_dir / "val.csv")}
+    assert val == pytest.approx(val_rows)
+    assert any("bank/pixel/fill" in row for row in worker["history"])
+    final = next(row for row in driver["history"] if "final/mIoU" in row)
+    assert final["final/mIoU"] == pytest.approx(summary["mIoU"]) and final["iteration"] == 4
+    assert {"summary.json", "plots/loss.png"} <= driver["files"]
+    assert (folders[1] / "files" / "plots" / "loss.png").stat().st_size > 0
+
+
+def _wandb_records(path: Path):
+    """The protobuf records of a W&B offline ``run-<id>.wandb`` file: a ``:W&B`` header, then the
+    LevelDB log format (32 KiB blocks; chunks with a 7-byte header: crc, length, type)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path}: not a W&B run file"
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if left < 7 or (kind == 0 and length == 0):  # block trailer / padding
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk  # full / first, else middle / last
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            yield record
+
+
+def _wandb_run(folder: Path) -> dict:
+    """Config, history rows and saved files of one offline run folder, read from its run file."""
+    (path,) = folder.glob("run-*.wandb")
+    out: dict = {"config": {}, "history": [], "files": set()}
+    for record in _wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "config":
+            out["config"].update({i.key: i.value_json for i in record.config.update})
+        elif kind == "history":
+            out["history"].append({i.key: json.loads(i.value_json) for i in record.history.item})
+        elif kind == "files":
+            out["files"].update(f.path for f in record.files.files)
+    return out
 
 
 def test_preflight_names_a_tracker_that_is_down_or_not_logged_in(tiny, monkeypatch):

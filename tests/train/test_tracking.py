@@ -202,6 +202,10 @@ def _wandb_records(path: Path):
             yield record
 
 
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
 def _wandb_run(folder: Path) -> dict:
     """Config, history rows and saved files of one offline run folder, read from its run file."""
     (path,) = folder.glob("run-*.wandb")
@@ -209,9 +213,9 @@ def _wandb_run(folder: Path) -> dict:
     for record in _wandb_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "config":
-            out["config"].update({i.key: i.value_json for i in record.config.update})
+            out["config"].update({_key(i): i.value_json for i in record.config.update})
         elif kind == "history":
-            out["history"].append({i.key: json.loads(i.value_json) for i in record.history.item})
+            out["history"].append({_key(i): json.loads(i.value_json) for i in record.history.item})
         elif kind == "files":
             out["files"].update(f.path for f in record.files.files)
     return out

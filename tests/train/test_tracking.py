@@ -162,7 +162,7 @@ def test_wandb_offline_run_leaves_params_metrics_and_files(ray_session, tiny, mo
     assert len(folders) == 2
     worker, driver = (_wandb_run(folder) for folder in folders)
     assert json.loads(worker["config"]["model.backbone"]) == "resnet18"
-    assert json.loads(worker["config"]["train.iterations"]) == 4
+    assert json.loads(worker["config"]["train.iterations"]) == "4"  # params are text
     loss = {
         int(row["iteration"]): row["train/loss"] for row in worker["history"] if "train/loss" in row
     }

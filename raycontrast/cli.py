@@ -28,6 +28,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from raycontrast.train import run_training
 
     cfg = load_config(*_split_config(args.config, args.overrides))
+    _quiet_console(args.verbose or cfg.log.verbose)
     if args.dry_run:
         from raycontrast.train.launcher import dry_run
 
@@ -37,8 +38,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_console(verbose: bool) -> None:
+    """Hide Ray's known-harmless lines unless ``--verbose`` (see raycontrast.console)."""
+    from raycontrast.console import install
+
+    install(verbose)
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from raycontrast.tune import run_sweep
+
+    _quiet_console(args.verbose)
 
     if args.dry_run:
         from raycontrast.tune.sweep import check_sweep, load_sweep
@@ -58,6 +68,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_study(args: argparse.Namespace) -> int:
     from raycontrast.tune import run_study
+
+    _quiet_console(args.verbose)
 
     if args.dry_run:
         from raycontrast.tune.runner import check_study, describe_study
@@ -190,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     address_help = "Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)"
 
     dry_help = "run every check, print the resolved config and the resources it would take, exit"
+    verbose_help = "show Ray's own console lines too (hidden by default: see docs/how-to/tracking.md)"
     p = sub.add_parser(
         "train", help="train a segmentor (default: the embedded synthetic experiment)"
     )
@@ -199,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.add_argument("--address", default=None, help=address_help)
     p.add_argument("--dry-run", action="store_true", help=dry_help)
+    p.add_argument("--verbose", action="store_true", help=verbose_help)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("tune", help="run a Ray Tune sweep")
@@ -207,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument("--address", default=None, help=address_help)
     p.add_argument("--dry-run", action="store_true", help=dry_help)
+    p.add_argument("--verbose", action="store_true", help=verbose_help)
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser(
@@ -220,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help=dry_help)
     p.add_argument("--address", default=None, help=address_help)
+    p.add_argument("--verbose", action="store_true", help=verbose_help)
     p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (per-class IoU table + JSON)")

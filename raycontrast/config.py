@@ -404,6 +404,43 @@ class DebugConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """MLflow tracking (``pip install raycontrast[mlflow]``)."""
+
+    tracking_uri: str | None = param(
+        None,
+        "MLflow tracking URI (http://host:5000, sqlite:///m.db, file:///dir); null: MLflow is off.",
+    )
+    experiment: str = param("raycontrast", "MLflow experiment the runs go to.")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases tracking (``pip install raycontrast[wandb]``)."""
+
+    project: str | None = param(None, "W&B project; null: W&B is off.")
+    mode: str = param(
+        "online",
+        "online (needs `wandb login`) or offline (local files, `wandb sync` later).",
+        choices=("online", "offline"),
+    )
+
+
+@dataclass
+class LogConfig:
+    """Experiment trackers and the console (see docs/how-to/tracking.md)."""
+
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig, metadata={"help": "MLflow."})
+    wandb: WandbConfig = field(default_factory=WandbConfig, metadata={"help": "Weights & Biases."})
+    group: str | None = param(
+        None,
+        "Tracker group of the run: sweeps and studies set their name, so trials nest under one "
+        "parent run.",
+    )
+    verbose: bool = param(False, "Show Ray's own console lines too (like --verbose).")
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: what `raycontrast train` runs."""
 
@@ -419,6 +456,9 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training run."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     debug: DebugConfig = field(default_factory=DebugConfig, metadata={"help": "Fault injection."})
+    log: LogConfig = field(
+        default_factory=LogConfig, metadata={"help": "Experiment tracking and console."}
+    )
 
     def __post_init__(self) -> None:
         check_consistency(self)

@@ -7,6 +7,7 @@ indices of a mode "P" PNG (Pascal VOC), the grey values of a mode "L" PNG, or 16
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,15 @@ def _open(data: bytes, name: str, what: str) -> Image.Image:
         img = Image.open(io.BytesIO(data))
         img.load()
     except _DECODE_ERRORS as err:
-        raise DatasetError(f"{name}: corrupt or unreadable {what} ({err})") from None
+        raise DatasetError(f"{name}: corrupt or unreadable {what} ({_reason(err)})") from None
     return img
+
+
+def _reason(err: BaseException) -> str:
+    """PIL's message without the in-memory buffer's repr (``<_io.BytesIO object at 0x...>``)."""
+    if isinstance(err, Image.UnidentifiedImageError):
+        return "not a recognised image format"
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err)) or type(err).__name__
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:

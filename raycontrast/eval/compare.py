@@ -369,6 +369,12 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
 
     if not run_dirs:
         raise ReportError("report needs at least one run directory")
+    seen: dict[Path, str] = {}
+    for given in run_dirs:
+        key = Path(given).expanduser().resolve()
+        if key in seen:
+            raise ReportError(f"{given}: the same run as {seen[key]}; give each run directory once")
+        seen[key] = str(given)
     _check_report_out(run_dirs, out)
     if len(run_dirs) == 1:
         run = load_run(run_dirs[0])

@@ -576,7 +576,8 @@ def predict(
     if ev.scales != [1.0]:
         settings += f", scales={ev.scales}"
     print(
-        f"raycontrast: predicted {done} images in {seconds:.1f} s ({rate:.2f} images/s) with "
+        f"raycontrast: predicted {done} image{'' if done == 1 else 's'} in {seconds:.1f} s "
+        f"({rate:.2f} images/s) with "
         f"{predictor.source} ({settings}); wrote {out_dir}"
         + (f"; skipped {len(skipped)} unreadable" if skipped else ""),
         flush=True,

@@ -109,6 +109,11 @@ def run_eval(cfg: ExperimentConfig, checkpoint: str, out: str | None = None) -> 
     )
     print(title)
     print(format_table(results, class_names))
+    from raycontrast.eval.agreement import explain
+    from raycontrast.models import load_checkpoint
+
+    agreement = explain(load_checkpoint(checkpoint), ckpt_cfg, cfg, results["mIoU"])
+    print(f"raycontrast: {agreement}")
     record = {
         "checkpoint": str(checkpoint),
         "experiment": ckpt_cfg.name,
@@ -118,6 +123,7 @@ def run_eval(cfg: ExperimentConfig, checkpoint: str, out: str | None = None) -> 
         "class_names": class_names,
         "eval": config_to_dict(eval_cfg),
         "metrics": _json_safe(results),
+        "agreement": agreement,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     record["output"] = str(path)

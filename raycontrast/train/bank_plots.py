@@ -149,6 +149,30 @@ def bank_health_figure(rows: Sequence[Mapping[str, float | str]], class_names: S
     return fig
 
 
+def _bank_map_legends(ax, sample: BankSample, class_names: Sequence[str], colours) -> None:
+    """Two legends: colour per class (squares: no kind implied) and marker per kind (grey)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    present = sorted(set(sample.cls.tolist()))
+    classes = [Patch(color=colours[c], label=class_names[c]) for c in present]
+    first = ax.legend(
+        handles=classes,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=7,
+        ncol=max(1, math.ceil(len(classes) / 30)),
+        title="class",
+    )
+    ax.add_artist(first)
+    held = sorted(set(sample.kind.tolist()))
+    kinds = [
+        Line2D([], [], marker=_MARKERS[KINDS[k]], linestyle="", color="grey", label=KINDS[k])
+        for k in held
+    ]
+    ax.legend(handles=kinds, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=7, title="kind")
+
+
 def bank_map_figure(sample: BankSample, class_names: Sequence[str], title: str = "bank map"):
     """PCA (2D) of the sampled entries, one colour per class (legend), one marker per kind."""
     plt = _pyplot()
@@ -157,8 +181,7 @@ def bank_map_figure(sample: BankSample, class_names: Sequence[str], title: str =
     colours = _colours(len(class_names))
     if xy is not None:
         cls, kind = sample.cls.numpy(), sample.kind.numpy()
-        for c, name in enumerate(class_names):
-            label = name  # one legend entry per class
+        for c, _name in enumerate(class_names):
             for k, kind_name in enumerate(KINDS):
                 mask = (cls == c) & (kind == k)
                 if mask.any():
@@ -169,9 +192,7 @@ def bank_map_figure(sample: BankSample, class_names: Sequence[str], title: str =
                         marker=_MARKERS[kind_name],
                         color=colours[c],
                         alpha=0.6,
-                        label=label,
                     )
-                    label = None
     else:
         ax.text(0.5, 0.5, "the bank is empty", ha="center", va="center", transform=ax.transAxes)
     held = sorted({KINDS[k] for k in sample.kind.tolist()})
@@ -181,14 +202,6 @@ def bank_map_figure(sample: BankSample, class_names: Sequence[str], title: str =
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     if xy is not None:
-        n = len(ax.get_legend_handles_labels()[1])
-        ax.legend(
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            fontsize=7,
-            markerscale=2,
-            ncol=max(1, math.ceil(n / 30)),
-            title="class",
-        )
+        _bank_map_legends(ax, sample, class_names, colours)
     fig.tight_layout()
     return fig

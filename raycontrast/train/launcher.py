@@ -124,9 +124,35 @@ def connect(address: str | None = None) -> None:
                 f"cannot attach to the Ray cluster at {source}={address}: {first}"
             ) from None
     else:
-        # the dashboard (loopback only) serves the state API that Ray Train's controller polls
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+        _start_local()
         _started_local = True
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_local() -> None:
+    """A Ray instance of this run's own: its own temp dir and dashboard port, never another instance
+    on the machine. The dashboard (loopback only) serves the state API that Ray Train's controller
+    and placement-group cleaner poll; they find it through ``$RAY_API_SERVER_ADDRESS`` (inherited by
+    every worker), where they would otherwise look for "the" local instance and, finding two, fail
+    (the cleaner's thread dies, and with it the freeing of placement groups)."""
+    port = _free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    temp_dir = os.path.join(tempfile.gettempdir(), "raycontrast-ray", str(os.getpid()))
+    print("[raycontrast] starting Ray (a local instance of this run's own)", flush=True)
+    ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        _temp_dir=temp_dir,
+    )
 
 
 def shutdown_local() -> None:
@@ -135,6 +161,8 @@ def shutdown_local() -> None:
     global _started_local
     if _started_local and ray.is_initialized():
         ray.shutdown()
+    if _started_local:
+        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
     _started_local = False
 
 
@@ -246,6 +274,7 @@ def run_training(
 
     t0 = time.perf_counter()
     check_address(address)  # an unreachable cluster fails in seconds, before the other checks
+    print(f"[{cfg.name}] checking config, data, model and trackers", flush=True)
     checked = preflight(cfg, cluster=False)  # every check that needs no cluster, before connecting
     for warning in checked.warnings:
         print(f"[{cfg.name}] warning: {warning}", flush=True)
@@ -317,6 +346,7 @@ def run_training(
         f"bank {cfg.bank.mode if uses_bank else 'off'}; run dir {run_dir}",
         flush=True,
     )
+    print(f"[{cfg.name}] workers starting", flush=True)
     try:
         result = trainer.fit()
     except TrainingFailedError as err:
@@ -487,6 +517,9 @@ def dry_run(cfg: ExperimentConfig, address: str | None = None) -> Any:
     from raycontrast.train.preflight import check_resources, local_capacity, preflight
 
     check_address(address)
+    print(
+        f"[{cfg.name}] checking config, storage, data, model, checkpoint and trackers", flush=True
+    )
     report = preflight(cfg, cluster=False)
     if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         connect(address)
@@ -505,6 +538,10 @@ def _summarise(
 
     metrics = out.get("metrics") or {}
     names = out.get("class_names") or []
+    # a resumed run: the segments before this one count too (their training time, from wall.json)
+    this_segment = out.get("train_wall_s_this_segment")
+    earlier = (out.get("train_wall_s") or 0.0) - (this_segment or 0.0)
+    wall_s += max(earlier, 0.0)
     per_class = dict(zip(names, metrics.get("IoU") or []))
     summary = {
         "name": cfg.name,
@@ -516,6 +553,7 @@ def _summarise(
         "iterations": out.get("iterations"),
         "wall_s": wall_s,
         "train_wall_s": out.get("train_wall_s"),
+        "train_wall_s_this_segment": this_segment,
         "per_class_IoU": per_class,
         "best": out.get("best"),
         "skipped_samples": out.get("skipped_samples"),
@@ -531,13 +569,24 @@ def _summarise(
         storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode()
     )
     _plots(run_dir, names, metrics.get("IoU"))
+    from raycontrast.train.tracking import finish_run
+
+    finish_run(cfg, run_dir, summary)
     if metrics:
         print(format_table(metrics, names), flush=True)
+    segments = " (all segments of the resumed run)" if earlier > 0 else ""
     print(
         f"[{cfg.name}] done: mIoU {100 * (summary['mIoU'] or 0):.2f} after {summary['iterations']} "
-        f"iterations in {wall_s:.0f}s; summary at {storage.join(run_dir, 'summary.json')}",
+        f"iterations in {wall_s:.0f}s{segments}; summary at {storage.join(run_dir, 'summary.json')}",
         flush=True,
     )
+    if summary["checkpoint"]:
+        print(
+            f"[{cfg.name}] that mIoU is the last evaluation's (eval.mode {cfg.eval.mode}); "
+            f"`raycontrast eval {storage.join(run_dir, 'config.yaml')} {summary['checkpoint']}` "
+            "measures it again and says why if it differs",
+            flush=True,
+        )
     return summary
 
 

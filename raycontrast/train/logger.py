@@ -14,6 +14,7 @@ and uploaded at each evaluation and at the end.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import sys
@@ -44,6 +45,7 @@ TRAIN_FIELDS = [
 ]
 VAL_FIELDS = ["iteration", "mIoU", "mAcc", "aAcc", "fwIoU"]
 FILES = ("metrics.csv", "val.csv", "summary.json", "config.yaml")
+WALL_FILE = "wall.json"  # training seconds of each segment of a resumed run
 
 
 def console(message: str) -> None:
@@ -95,7 +97,7 @@ class RunLogger:
         )
         self.local.mkdir(parents=True, exist_ok=True)
         if self.remote:
-            for name_ in ("metrics.csv", "val.csv", "bank.csv"):
+            for name_ in ("metrics.csv", "val.csv", "bank.csv", WALL_FILE):
                 uri = storage.join(run_dir, name_)
                 if storage.exists(uri):
                     (self.local / name_).write_bytes(storage.read_bytes(uri))
@@ -107,6 +109,13 @@ class RunLogger:
         self._t0 = time.perf_counter()
         self._last = (start_iteration, self._t0)
         self.last_bank: dict[str, float] = {}
+        self.tracker: Any = None  # a raycontrast.train.tracking.Tracking when trackers are on
+        # training time of the segments before this one (a resumed run counts all of them)
+        self._start = start_iteration
+        self._segments = [
+            seg for seg in _read_segments(self.local / WALL_FILE) if seg[0] < start_iteration
+        ]
+        self.previous_wall = sum(seg[2] for seg in self._segments)
 
     def _append(self, filename: str, fields: list[str], row: dict[str, Any]) -> None:
         path = self.local / filename
@@ -128,6 +137,8 @@ class RunLogger:
         """Log one training row (console, CSV, TensorBoard)."""
         it = row["iteration"]
         self._append("metrics.csv", TRAIN_FIELDS, row)
+        if self.tracker:
+            self.tracker.log_metrics({f"train/{k}": row.get(k) for k in TRAIN_FIELDS[1:]}, it)
         for key in ("loss", "ce", "aux", "contrast", "inbatch", "memory", "lr", "it_per_s"):
             if row.get(key) is not None:
                 self.tb.add_scalar(f"train/{key}", row[key], it)
@@ -143,6 +154,9 @@ class RunLogger:
 
     def val(self, iteration: int, metrics: dict[str, Any]) -> None:
         """Log one evaluation."""
+        # this segment's time up to this checkpoint (what a resume from it keeps)
+        segment = [self._start, iteration, time.perf_counter() - self._t0]
+        (self.local / WALL_FILE).write_text(json.dumps([*self._segments, segment]))
         iou = metrics.get("IoU") or []
         row = {k: metrics.get(k) for k in VAL_FIELDS[1:]}
         row["iteration"] = iteration
@@ -150,6 +164,10 @@ class RunLogger:
         for name, value in zip(self.class_names, iou):
             row[f"IoU/{name}"] = value
         self._append("val.csv", fields, row)
+        if self.tracker:
+            self.tracker.log_metrics(
+                {f"val/{k}": v for k, v in row.items() if k != "iteration"}, iteration
+            )
         for key in VAL_FIELDS[1:]:
             if metrics.get(key) is not None:
                 self.tb.add_scalar(f"val/{key}", metrics[key], iteration)
@@ -177,6 +195,8 @@ class RunLogger:
             if math.isfinite(value):
                 self.tb.add_scalar(key, value, iteration)
         self.last_bank = row
+        if self.tracker:
+            self.tracker.log_metrics(health, iteration)
         kinds = [k for k in ("pixel", "region") if f"bank/{k}/fill" in health]
         parts = [
             f"{k} fill {100 * health[f'bank/{k}/fill']:.0f}% age {health[f'bank/{k}/age_mean']:.0f}"
@@ -213,10 +233,20 @@ class RunLogger:
                 storage.write_bytes(storage.join(self.run_dir, rel), path.read_bytes())
 
     def close(self) -> None:
+        if self.tracker:
+            self.tracker.finish()  # the driver reopens it for the summary and the plots
         self.tb.close()
         self.sync()
         if self.remote:
             shutil.rmtree(self.local, ignore_errors=True)
+
+
+def _read_segments(path: Path) -> list[list[float]]:
+    """``[[start_iteration, last_checkpoint_iteration, seconds], ...]`` of ``wall.json``."""
+    try:
+        return [list(seg) for seg in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -251,8 +281,13 @@ def write_plots(
     if train:
         fig, ax = plt.subplots(figsize=(7, 4))
         its = [_num(r["iteration"]) for r in train]
-        for key in ("loss", "ce", "contrast"):
-            ax.plot(its, [_num(r.get(key)) for r in train], label=key)
+        labels = {
+            "loss": "loss (total, weighted)",
+            "ce": "ce",
+            "contrast": "contrast (unweighted; total adds contrast.loss_weight x this)",
+        }
+        for key, label in labels.items():
+            ax.plot(its, [_num(r.get(key)) for r in train], label=label)
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
         ax.set_title("training loss")

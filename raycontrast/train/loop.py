@@ -59,6 +59,7 @@ from raycontrast.train.elastic import record_worker_group
 from raycontrast.train.logger import RunLogger, console
 from raycontrast.train.losses import StepLosses, step_losses
 from raycontrast.train.state import get_rng_state, seed_everything, set_rng_state
+from raycontrast.train.tracking import open_tracking
 
 __all__ = ["NonFiniteLoss", "Trainer", "train_loop_per_worker"]
 
@@ -246,8 +247,10 @@ class Trainer:
             self.logger = RunLogger(
                 self.run_dir, cfg.name, self.start, cfg.train.iterations, self.info.class_names
             )
+            self.logger.tracker = open_tracking(cfg, self.run_dir)
             if self.start == 0 and not storage.is_uri(self.run_dir):
                 save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+            console(f"[{cfg.name}] loading data")
             # the same few validation images at every evaluation (from the whole split)
             val_split = build_dataset(cfg.data, cfg.data.val_split, train=False)
             self.val_samples = pick_val_samples(val_split, 4)
@@ -548,7 +551,9 @@ class Trainer:
             "metrics": self.metrics,
             "best": {k: v for k, v in self.best.items() if k != "metrics"},
             "class_names": list(self.info.class_names),
-            "train_wall_s": wall,
+            # every segment of a resumed run, each up to the checkpoint the next resumed from
+            "train_wall_s": wall + (self.logger.previous_wall if self.logger is not None else 0.0),
+            "train_wall_s_this_segment": wall,
             "skipped_samples": self.totals["skipped_samples"],
             "skipped_steps": self.totals["skipped_steps"],
             "bank": bank,

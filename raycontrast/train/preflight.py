@@ -13,6 +13,7 @@ traceback; found here it is one line naming the key. :func:`preflight` runs ever
   ``out_indices``, heads that do not fit, a ``model.pretrained`` file that is missing or whose keys or
   shapes do not fit the backbone;
 * a rerun's checkpoint against the config (architecture and class count);
+* the experiment trackers (``log.mlflow``, ``log.wandb``): installed, reachable, logged in;
 * the metrics a sweep or study optimises, against what training reports;
 * the resources: ``train.num_workers`` x (``train.cpus_per_worker`` CPUs, 1 GPU) (+ a trial driver's
   CPUs) against the cluster (``ray.cluster_resources()``, or an autoscaling cluster's maximum).
@@ -270,6 +271,9 @@ def preflight(
     num_classes = int(dataset_info(cfg.data).num_classes)
     parameters = check_model(cfg, num_classes)
     check_resume(cfg, run_dir_of(cfg))
+    from raycontrast.train.tracking import check_trackers
+
+    check_trackers(cfg)  # a tracker that is down or not installed, named by its URI
     for name, what in metrics:
         check_metric(name, cfg, what)
     need = requested_resources(cfg, driver_cpus)

@@ -185,6 +185,9 @@ def run_sweep(
     check_sweep(sweep, address)
     connect(address)
     cfg = sweep.config
+    from raycontrast.train.tracking import finish_group, start_group
+
+    group = start_group(sweep.trial_config({}, "parent"), cfg.name, sweep.root, "sweep")
     grid = fit_trials(
         _trial,
         root=sweep.root,
@@ -202,7 +205,9 @@ def run_sweep(
         sweep=sweep,
         cwd=os.getcwd(),
     )
-    return summarise_results(sweep, grid)
+    summary = summarise_results(sweep, grid)
+    finish_group(group, storage.join(sweep.root, "results"))
+    return summary
 
 
 def run_study(
@@ -240,6 +245,9 @@ def run_study(
         yaml.safe_dump(study_dict(study), sort_keys=False).encode(),
     )
     runs = [c.run_name for c in study.cells()]
+    from raycontrast.train.tracking import finish_group, start_group
+
+    group = start_group(study.run_config(study.cells()[0]), cfg.name, study.root, "study")
     limit = concurrency(cfg.max_concurrent_trials, per_run_cpus(study))
     print(
         f"[{cfg.name}] {len(runs)} runs ({len(study.arms)} arms x {len(study.regimes)} regime(s) "
@@ -260,7 +268,9 @@ def run_study(
         resume=resume,
         study=study,
     )
-    return write_results(study)
+    results = write_results(study)
+    finish_group(group, study.results_dir)
+    return results
 
 
 def check_study(study: Study, address: str | None = None, cluster: bool = True) -> list[Any]:
@@ -286,9 +296,13 @@ def check_study(study: Study, address: str | None = None, cluster: bool = True) 
                 check_data(study.experiment(arm, regime))
         return []
     reports = []
+    total = len(study.regimes) * len(study.arms)
     for regime in study.regimes:
         for arm in study.arms:
             where = f"arm {arm!r}" + (f" in regime {regime!r}" if regime else "")
+            print(
+                f"[{study.config.name}] checking {where} ({len(reports) + 1}/{total})", flush=True
+            )
             try:
                 reports.append(
                     preflight(

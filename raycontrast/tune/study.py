@@ -147,6 +147,7 @@ class Study:
             overrides += [
                 f"train.seed={seed}",
                 f"name={self.config.name}_{cell.run_name}",
+                f"log.group={self.config.name}",  # trials nest under the study's tracked run
                 f"storage_path={storage.join(self.root, 'runs')}",
             ]
         return absolute_paths(load_config(self.base_path, overrides), self.cwd)

@@ -111,6 +111,7 @@ class Sweep:
         ]
         overrides += [
             f"name={self.config.name}_{trial_id}",
+            f"log.group={self.config.name}",  # trials nest under the sweep's tracked run
             f"storage_path={storage.join(self.root, 'runs')}",
         ]
         return load_config(self.base_path, overrides)

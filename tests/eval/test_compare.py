@@ -127,3 +127,15 @@ def test_cli_report(two_runs, tmp_path, capsys):
     assert (out / "comparison.md").is_file()
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "run directory not found" in capsys.readouterr().err
+
+
+def test_report_refuses_the_same_run_twice(two_runs, tmp_path):
+    from raycontrast.eval.compare import report
+
+    alias = tmp_path / "alias"
+    alias.symlink_to(two_runs[0], target_is_directory=True)
+    with pytest.raises(
+        ReportError, match=r"alias: the same run as .*; give each run directory once"
+    ):
+        report([two_runs[0], two_runs[1], alias], out=tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()

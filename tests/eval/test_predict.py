@@ -241,8 +241,9 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path):
         list_inputs(folder)
     (folder / "img0.jpg").unlink()
     (folder / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(PredictError, match=r"broken\.png: corrupt or unreadable image"):
+    with pytest.raises(PredictError, match=r"broken\.png: corrupt or unreadable image") as err:
         predict(ckpt, folder, tmp_path / "out")
+    assert "BytesIO" not in str(err.value) and "not a recognised image format" in str(err.value)
     result = predict(ckpt, folder, tmp_path / "out", skip_bad=True)
     assert result["images"] == 3 and len(result["skipped"]) == 1
     assert "broken.png" in result["skipped"][0]
@@ -260,7 +261,7 @@ def test_cli_predict(trained, tmp_path, capsys):
                str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
     out = capsys.readouterr()
     assert rc == 0
-    assert "predicted 1 images in" in out.out and "images/s" in out.out and "flip" in out.out
+    assert "predicted 1 image in" in out.out and "images/s" in out.out and "flip" in out.out
     assert "\r" not in out.err  # no progress bar off a terminal
     assert (tmp_path / "out" / "overlays" / "a.png").is_file()
     rc = main(["predict", str(trained["ckpt"]), "--input", str(tmp_path / "nope"), "--out",

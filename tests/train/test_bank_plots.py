@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from raycontrast.contrast import BankRecords, MemoryBank
-from raycontrast.contrast.health import bank_health, sample_bank
+from raycontrast.contrast.health import KINDS, bank_health, sample_bank
 from raycontrast.train.bank_plots import bank_health_figure, bank_map_figure
 from raycontrast.train.logger import RunLogger
 
@@ -97,8 +97,18 @@ def test_map_colours_each_class_and_labels_it_once():
     sample = sample_bank(bank, max_entries=400)
     fig = bank_map_figure(sample, NAMES)
     ax = fig.axes[0]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    from matplotlib.legend import Legend
+
+    legends = {lg.get_title().get_text(): lg for lg in ax.get_children() if isinstance(lg, Legend)}
+    labels = [t.get_text() for t in legends["class"].get_texts()]
     assert labels == ["road", "car", "sky"]  # present classes only, each once, in class order
+    # classes are colour squares (no marker), kinds are the markers drawn: pixel o, region x
+    assert all(h.__class__.__name__ == "Rectangle" for h in legends["class"].legend_handles)
+    kinds = sorted({KINDS[k] for k in sample.kind.tolist()})
+    assert [t.get_text() for t in legends["kind"].get_texts()] == kinds
+    assert [h.get_marker() for h in legends["kind"].legend_handles] == [
+        {"pixel": "o", "region": "x"}[k] for k in kinds
+    ]
     plotted = sum(len(c.get_offsets()) for c in ax.collections)
     assert plotted == len(sample)
     empty = bank_map_figure(sample_bank(MemoryBank(4, 6, 8)), NAMES)

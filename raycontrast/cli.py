@@ -202,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     address_help = "Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)"
 
     dry_help = "run every check, print the resolved config and the resources it would take, exit"
-    verbose_help = "show Ray's own console lines too (hidden by default: see docs/how-to/tracking.md)"
+    verbose_help = (
+        "show Ray's own console lines too (hidden by default: see docs/how-to/tracking.md)"
+    )
     p = sub.add_parser(
         "train", help="train a segmentor (default: the embedded synthetic experiment)"
     )

@@ -59,8 +59,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from raycontrast.tune import run_study
 
     if args.dry_run:
-        from raycontrast.tune.runner import check_study, describe_study
-        from raycontrast.tune.study import load_study
+        from raycontrast.tune.study import check_study, describe_study, load_study
 
         study = load_study(args.study, list(args.overrides))
         reports = check_study(study, address=args.address)
@@ -303,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raycontrast.train.launcher import WorkerFailure
 
         if isinstance(err, WorkerFailure):
-            from raycontrast.train.launcher import shutdown_local
+            from raycontrast.train.cluster import shutdown_local
 
             shutdown_local()  # Ray's own log lines arrive first: the cause is the last line
             print(f"raycontrast: error: {err}", file=sys.stderr)

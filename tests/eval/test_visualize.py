@@ -191,7 +191,7 @@ def test_normalized_confusion_rows():
 
 
 def test_write_confusion_saves_counts_and_heatmap(tmp_path):
-    from raycontrast.train.logger import write_plots
+    from raycontrast.eval.plots import write_plots
 
     conf = torch.tensor([[5, 1], [2, 7]])
     png = write_confusion(conf, ["road", "car"], tmp_path)

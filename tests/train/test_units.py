@@ -143,7 +143,7 @@ def test_resume_check_reads_the_registered_checkpoint_not_a_newer_partial_one(tm
 
     from raycontrast.config import config_to_dict
     from raycontrast.models import CheckpointError, save_checkpoint
-    from raycontrast.train.launcher import check_resume
+    from raycontrast.train.preflight import check_resume
 
     cfg = load_config("experiments/synthetic.yaml", TINY)
     run_dir = tmp_path / "run"

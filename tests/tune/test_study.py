@@ -11,9 +11,9 @@ import yaml
 
 from raycontrast.config import ConfigError
 from raycontrast.tune import load_study, run_study
-from raycontrast.tune.runner import finished
 from raycontrast.tune.study import Cell
 from raycontrast.tune.study_results import write_results
+from raycontrast.tune.study_run import finished
 from tests.train.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[2]

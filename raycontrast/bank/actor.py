@@ -49,11 +49,11 @@ from raycontrast.bank._wire import (
     concat_packed,
     pack_state,
     select_classes,
-    shard_classes,
     unpack_records,
     unpack_state,
     wire_nbytes,
 )
+from raycontrast.bank.shards import shard_classes
 from raycontrast.contrast import MemoryBank
 
 __all__ = [
@@ -365,7 +365,7 @@ class BankActor:
     async def digest(self, whole: bool = True) -> dict[str, Any]:
         """SHA-1 (see :meth:`MemoryBank.digest`) of the whole bank, assembled from every shard's state
         when there are several (shard 0; cached per version), or of this shard's own bank."""
-        from raycontrast.bank._wire import assemble_bank
+        from raycontrast.bank.shards import assemble_bank
 
         await self._wait_applied()
         if self.shards == 1 or not whole:

@@ -26,15 +26,15 @@ from raycontrast.bank._wire import (
     pack_records,
     pack_state,
     select_classes,
-    shard_classes,
     take_classes,
     unpack_records,
     wire_nbytes,
 )
 from raycontrast.bank.actor import NAMESPACE
+from raycontrast.bank.shards import shard_classes
 from raycontrast.contrast import BankRecords, MemoryBank
 
-__all__ = ["ActorSync", "AllGatherSync", "BankSync", "LocalSync", "make_bank_sync"]
+__all__ = ["BANK_SYNCS", "ActorSync", "AllGatherSync", "BankSync", "LocalSync", "make_bank_sync"]
 
 
 class BankSync:
@@ -314,6 +314,14 @@ class ActorSync(BankSync):
         return super().traffic() | {"full_syncs": self.full_syncs, "shards": len(self.shards)}
 
 
+BANK_SYNCS: dict[str, type[BankSync]] = {
+    "actor": ActorSync,
+    "allgather": AllGatherSync,
+    "local": LocalSync,
+}
+"""Bank sync strategies by ``bank.mode`` name."""
+
+
 def make_bank_sync(
     mode: str,
     replica: MemoryBank,
@@ -322,13 +330,11 @@ def make_bank_sync(
     overlap: bool = False,
     timeout_s: float = 600.0,
 ) -> BankSync:
-    """The sync strategy for ``bank.mode``."""
-    if mode == "local":
-        return LocalSync(replica)
-    if mode == "allgather":
-        return AllGatherSync(replica)
-    if mode == "actor":
-        if actor is None:
-            raise ValueError("bank.mode=actor needs the run's bank actor handle")
-        return ActorSync(replica, actor, rank, overlap=overlap, timeout_s=timeout_s)
-    raise ValueError(f"bank.mode must be actor, allgather or local, got {mode!r}")
+    """The sync strategy for ``bank.mode`` (one of :data:`BANK_SYNCS`)."""
+    if mode not in BANK_SYNCS:
+        raise ValueError(f"bank.mode must be one of {', '.join(BANK_SYNCS)}, got {mode!r}")
+    if mode != "actor":
+        return BANK_SYNCS[mode](replica)
+    if actor is None:
+        raise ValueError("bank.mode=actor needs the run's bank actor handle")
+    return ActorSync(replica, actor, rank, overlap=overlap, timeout_s=timeout_s)

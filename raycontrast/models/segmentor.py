@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from raycontrast.config import ModelConfig
 from raycontrast.models.backbone import create_backbone, feature_channels, feature_reductions
 from raycontrast.models.errors import ModelError
-from raycontrast.models.heads import FCNHead, build_head, resize
+from raycontrast.models.heads import FCNHead, build_head
+from raycontrast.models.heads.common import resize
 from raycontrast.models.pretrained import load_pretrained_backbone
 from raycontrast.models.projection import ProjectionHead
 

@@ -146,7 +146,7 @@ def _plain_bank(steps: list[tuple[int, int]]) -> MemoryBank:
 
 def _group(head, world: int, state, version: int, keep_live: bool = True):
     """A worker group of ``world`` simulated ranks (threads) started at ``version``."""
-    from raycontrast.bank import ActorSync
+    from raycontrast.bank.sync import ActorSync
 
     syncs = [ActorSync(MemoryBank(**SPEC), head, r, timeout_s=60) for r in range(world)]
     for s in syncs:  # rank 0 first: in training a barrier orders its adopt before the others
@@ -181,8 +181,8 @@ def _authoritative(head) -> MemoryBank:
 def test_bank_shards_adopt_each_worker_group_and_keep_the_live_bank(ray_session, tmp_path):
     import ray
 
-    from raycontrast.bank import create_bank_actor, shard_actor_name, shard_snapshot_uri
-    from raycontrast.bank.actor import NAMESPACE
+    from raycontrast.bank import create_bank_actor
+    from raycontrast.bank.actor import NAMESPACE, shard_actor_name, shard_snapshot_uri
 
     snapshot = str(tmp_path / "snapshot.pt")
     head = create_bank_actor("t-elastic", SPEC, 2, snapshot, shards=2)

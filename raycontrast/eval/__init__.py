@@ -1,6 +1,6 @@
 """Evaluation: streaming metrics, test-time inference (whole / slide / multi-scale + flip), the
-evaluation loop and ``raycontrast eval``; ``raycontrast predict`` (predict.py), pictures of
-predictions (visualize.py) and ``raycontrast report`` / run comparison (compare.py).
+evaluation loop and ``raycontrast eval`` (:func:`run_eval`), ``raycontrast predict`` (:func:`predict`)
+and ``raycontrast report`` / run comparison (:func:`compare_runs`). Pictures and plots are internal.
 
 Example:
     >>> from raycontrast.eval import SegMetrics, evaluate, format_table

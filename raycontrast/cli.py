@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raycontrast.train.launcher import WorkerFailure
 
         if isinstance(err, WorkerFailure):
-            from raycontrast.train.cluster import shutdown_local
+            from raycontrast.train._cluster import shutdown_local
 
             shutdown_local()  # Ray's own log lines arrive first: the cause is the last line
             print(f"raycontrast: error: {err}", file=sys.stderr)

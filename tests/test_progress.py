@@ -1,6 +1,6 @@
 import io
 
-from raycontrast.progress import progress, progress_enabled
+from raycontrast._progress import progress, progress_enabled
 
 
 def test_progress_choice(monkeypatch):

@@ -22,7 +22,7 @@ from raycontrast.contrast.memory import KINDS
 from raycontrast.data.build import DATASETS
 from raycontrast.eval.inference import MODES
 from raycontrast.models.heads import HEADS
-from raycontrast.models.heads.common import HEAD_INPUTS
+from raycontrast.models.heads._common import HEAD_INPUTS
 
 
 def _choices(cls, name):

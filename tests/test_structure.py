@@ -16,8 +16,8 @@ FLOORS = {
     # the ground: configuration and helpers everything may use
     "config": 0,
     "storage": 0,
-    "progress": 0,
     "_distributed": 0,
+    "_progress": 0,
     "experiments": 0,
     # pure libraries: the method, the data, the models
     "contrast": 1,
@@ -146,4 +146,4 @@ def test_no_module_imports_upward_or_across_its_floor():
 def test_the_checks_catch_a_circle_and_an_upward_import():
     graph = {"raycontrast.a.x": {"raycontrast.a.y"}, "raycontrast.a.y": {"raycontrast.a.x"}}
     assert _circles(graph) == [["raycontrast.a.x", "raycontrast.a.y"]]
-    assert _floor("raycontrast.eval.compare")[1] < _floor("raycontrast.train.logger")[1]
+    assert _floor("raycontrast.eval.compare")[1] < _floor("raycontrast.train._logger")[1]

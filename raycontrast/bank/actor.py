@@ -10,7 +10,7 @@ the authoritative bank (recovery, snapshots, digests), off the answer's critical
 
 Bytes leaving the actor per step: N answers of N references each (N² x :data:`REF_NBYTES`: 0.9 MB at
 64 ranks); bytes leaving a worker: its own batch, once. Answering every worker with every batch by
-value (:mod:`raycontrast.bank.inline`) sent N² batches through the actor. (Putting each entry once and
+value (:mod:`raycontrast.bank._inline`) sent N² batches through the actor. (Putting each entry once and
 answering with its reference would keep the actor's bytes linear, but under Ray 2.60 batches whose
 references travel inside an object the actor put stay pinned, about one every third step: measured,
 so not done.)

@@ -15,9 +15,9 @@ from typing import Any
 from raycontrast import storage
 from raycontrast.config import ExperimentConfig, config_to_dict
 from raycontrast.data import dataset_info
-from raycontrast.eval.plots import plot_run
-from raycontrast.train.cluster import check_address
-from raycontrast.train.elastic import worker_groups
+from raycontrast.eval._plots import plot_run
+from raycontrast.train._cluster import check_address
+from raycontrast.train._elastic import worker_groups
 from raycontrast.train.loop import NonFiniteLoss, train_loop_per_worker
 from raycontrast.train.preflight import Preflight, check_capacity, preflight, run_dir_of
 

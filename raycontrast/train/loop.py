@@ -37,18 +37,18 @@ from raycontrast.contrast import (
 from raycontrast.contrast.health import bank_health, sample_bank
 from raycontrast.data import build_dataset, dataset_info
 from raycontrast.eval import evaluate
+from raycontrast.eval._visualize import pick_val_samples, write_confusion, write_val_samples
 from raycontrast.eval.run import resolve_eval_config
-from raycontrast.eval.visualize import pick_val_samples, write_confusion, write_val_samples
 from raycontrast.models import build_segmentor, check_compatible, load_checkpoint, save_checkpoint
+from raycontrast.models._sync_bn import convert_sync_batchnorm
 from raycontrast.models.checkpoint import restore_training, training_state
 from raycontrast.models.segmentor import unwrap_model
-from raycontrast.models.sync_bn import convert_sync_batchnorm
-from raycontrast.train.data import train_batches, val_shard
-from raycontrast.train.debug import DebugHooks
-from raycontrast.train.elastic import record_worker_group
-from raycontrast.train.logger import RunLogger, console
-from raycontrast.train.losses import StepLosses, step_losses
-from raycontrast.train.state import get_rng_state, seed_everything, set_rng_state
+from raycontrast.train._data import train_batches, val_shard
+from raycontrast.train._debug import DebugHooks
+from raycontrast.train._elastic import record_worker_group
+from raycontrast.train._logger import RunLogger, console
+from raycontrast.train._losses import StepLosses, step_losses
+from raycontrast.train._state import get_rng_state, seed_everything, set_rng_state
 
 __all__ = ["NonFiniteLoss", "Trainer", "train_loop_per_worker"]
 

@@ -37,7 +37,7 @@ from raycontrast.config import (
     did_you_mean,
 )
 from raycontrast.data import build_dataset, dataset_info
-from raycontrast.train.cluster import capacity, cluster_capacity
+from raycontrast.train._cluster import capacity, cluster_capacity
 
 __all__ = [
     "BANK_METRICS",
@@ -210,7 +210,7 @@ def check_capacity(
     driver_cpus: float = 0.0,
     start: bool = False,
 ) -> None:
-    """Each report's resources against what the cluster offers (:func:`~raycontrast.train.cluster.
+    """Each report's resources against what the cluster offers (:func:`~raycontrast.train._cluster.
     capacity`: attaching to ``address`` / ``$RAY_ADDRESS``, starting a local instance when ``start``,
     else measuring one); fills in ``resources`` and ``cluster``."""
     available = capacity(address, start=start)

@@ -1,7 +1,7 @@
 """Run a study: every arm x regime x seed as a Tune trial, then its results (tables, tests, plots).
 
 Loading and checking a study live in :mod:`raycontrast.tune.study`, its analysis in
-:mod:`raycontrast.tune.study_results`.
+:mod:`raycontrast.tune._study_results`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 
 from raycontrast import storage
+from raycontrast.tune._study_results import load_record, write_results
 from raycontrast.tune._trials import concurrency, fit_trials
 from raycontrast.tune.study import Cell, Study, check_study, load_study, per_run_cpus, study_dict
-from raycontrast.tune.study_results import load_record, write_results
 
 __all__ = ["finished", "run_study"]
 
@@ -64,7 +64,7 @@ def run_study(
     """
     from ray import tune
 
-    from raycontrast.train.cluster import connect
+    from raycontrast.train._cluster import connect
 
     study = load_study(path, list(overrides))
     if analyse_only:

@@ -261,7 +261,7 @@ def check_sweep(sweep: Sweep, address: str | None = None, cluster: bool = True) 
     Returns:
         The base trial's :class:`~raycontrast.train.preflight.Preflight`.
     """
-    from raycontrast.train.cluster import check_address
+    from raycontrast.train._cluster import check_address
     from raycontrast.train.preflight import check_capacity, preflight
 
     check_address(address)
@@ -317,7 +317,7 @@ def run_sweep(
         resume: continue an interrupted sweep (``Tuner.restore``), trials resuming from checkpoints.
         address: Ray cluster address (default: ``$RAY_ADDRESS``, else a local instance).
     """
-    from raycontrast.train.cluster import connect
+    from raycontrast.train._cluster import connect
 
     sweep = load_sweep(path, list(overrides))
     # trials run in their own directories: relative paths must mean what they meant here

@@ -3,8 +3,8 @@ import timm
 import torch
 
 from raycontrast.models import ModelError, build_segmentor
+from raycontrast.models._pretrained import load_pretrained_backbone
 from raycontrast.models.backbone import create_backbone
-from raycontrast.models.pretrained import load_pretrained_backbone
 from tests.models.conftest import tiny_model
 
 

@@ -81,8 +81,8 @@ def test_ranks_absent_from_the_checkpoint_get_streams_of_their_own():
     """A run that grew: a rank in the checkpoint continues its saved streams; every rank absent from
     it gets fresh ones (global and sampling), different from each other, from the saved ones, from
     the run's initial ones and from those of other resume points (later resizes)."""
+    from raycontrast.train._state import get_rng_state, seed_everything
     from raycontrast.train.loop import Trainer, _stream_seed
-    from raycontrast.train.state import get_rng_state, seed_everything
 
     def draws(rank: int, states: list, start: int) -> tuple[tuple[float, ...], ...]:
         trainer = SimpleNamespace(
@@ -346,7 +346,7 @@ def test_elastic_run_loses_a_worker_and_a_node_keeps_its_bank_and_grows_back(
     from raycontrast.bank.actor import NAMESPACE
     from raycontrast.models import load_checkpoint
     from raycontrast.train import run_training
-    from raycontrast.train.elastic import worker_groups
+    from raycontrast.train._elastic import worker_groups
     from raycontrast.train.launcher import _registered_iteration
 
     cluster, _head, workers, add_worker = elastic_cluster

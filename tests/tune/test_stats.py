@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from raycontrast.tune.stats import paired_difference, summarize
+from raycontrast.tune._stats import paired_difference, summarize
 
 
 def _mean(xs):

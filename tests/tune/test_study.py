@@ -11,8 +11,8 @@ import yaml
 
 from raycontrast.config import ConfigError
 from raycontrast.tune import load_study, run_study
+from raycontrast.tune._study_results import write_results
 from raycontrast.tune.study import Cell
-from raycontrast.tune.study_results import write_results
 from raycontrast.tune.study_run import finished
 from tests.train.conftest import TINY
 

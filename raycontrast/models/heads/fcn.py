@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from raycontrast.models.heads.common import ConvBNReLU, concat_levels, levels_read
+from raycontrast.models.heads._common import ConvBNReLU, concat_levels, levels_read
 
 __all__ = ["FCNHead"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raycontrast.models.heads.common import ConvBNReLU, levels_read, resize
+from raycontrast.models.heads._common import ConvBNReLU, levels_read, resize
 
 __all__ = ["FPNHead"]
 

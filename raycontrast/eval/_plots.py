@@ -85,7 +85,7 @@ def write_plots(
         plt.close(fig)
         written.append(out / "per_class_iou.png")
     if (run_dir / "confusion.csv").is_file():
-        from raycontrast.eval.visualize import confusion_figure, read_confusion
+        from raycontrast.eval._visualize import confusion_figure, read_confusion
 
         counts, names = read_confusion(run_dir / "confusion.csv")
         fig = confusion_figure(counts, names)

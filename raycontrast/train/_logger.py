@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from raycontrast import storage
-from raycontrast.eval.plots import read_rows
+from raycontrast.eval._plots import read_rows
 
 __all__ = ["TRAIN_FIELDS", "RunLogger", "console", "format_eta"]
 
@@ -162,7 +162,7 @@ class RunLogger:
 
     def val_samples(self, iteration: int, grid: Any) -> None:
         """Add a validation sample grid (``uint8`` HxWx3, as returned by
-        :func:`raycontrast.eval.visualize.write_val_samples`) to TensorBoard as ``val/samples``."""
+        :func:`raycontrast.eval._visualize.write_val_samples`) to TensorBoard as ``val/samples``."""
         self.tb.add_image("val/samples", grid, iteration, dataformats="HWC")
 
     def bank(self, iteration: int, health: dict[str, float], sample=None) -> None:
@@ -170,7 +170,7 @@ class RunLogger:
         ``bank.csv`` row, TensorBoard scalars under its keys, a console line, ``plots/bank_health.png``
         redrawn from ``bank.csv`` and, given a :class:`~raycontrast.contrast.health.BankSample`,
         ``plots/bank_map_<iteration>.png``. ``last_bank`` keeps the row for the run summary."""
-        from raycontrast.train.bank_plots import plot_bank_health, plot_bank_map
+        from raycontrast.train._bank_plots import plot_bank_health, plot_bank_map
 
         row = {"iteration": iteration, **health}
         self._append("bank.csv", list(row), row)

@@ -108,7 +108,7 @@ def contrast_breakdown(repeats: int, steps: int = 10) -> dict:
     from raycontrast.contrast.sampling import resize_labels, resize_predictions
     from raycontrast.data import build_dataset, dataset_info
     from raycontrast.models import build_segmentor
-    from raycontrast.train.losses import cross_entropy
+    from raycontrast.train._losses import cross_entropy
 
     torch.set_num_threads(1)  # a Train worker has one CPU here
     torch.manual_seed(0)

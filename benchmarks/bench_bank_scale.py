@@ -5,7 +5,7 @@ exchanges a realistic record batch (Cityscapes settings, 2 images per worker: 30
 records x 256 float32 = 338 KB) and writes what it receives to its replica, as training workers do.
 Modes, measured in the same run on the same worker processes:
 
-- ``actor``: the first bank actor (:mod:`raycontrast.bank.inline`), answering every worker with every
+- ``actor``: the first bank actor (:mod:`raycontrast.bank._inline`), answering every worker with every
   batch by value;
 - ``plane_s1`` / ``plane_s4``: the object-store data plane (:mod:`raycontrast.bank.actor`) with 1 and 4
   class shards;
@@ -47,8 +47,8 @@ import torch
 from _measure import add_force_flag, machine, save, table
 
 from raycontrast.bank import create_bank_actor
+from raycontrast.bank._inline import create_inline_bank_actor
 from raycontrast.bank.actor import REF_NBYTES, object_store_usage
-from raycontrast.bank.inline import create_inline_bank_actor
 
 NUM_CLASSES, DIM, PIXEL, REGION = 19, 256, 300, 30
 SPEC = {"num_classes": NUM_CLASSES, "dim": DIM, "size": 500, "kinds": ("pixel", "region")}
@@ -95,9 +95,9 @@ class SimWorker:
     def setup(self, mode: str, world: int, head_name: str | None, port: int | None) -> bool:
         import torch.distributed as dist
 
+        from raycontrast.bank._inline import InlineActorSync
         from raycontrast.bank.actor import NAMESPACE
         from raycontrast.bank.collective import CollectiveSync
-        from raycontrast.bank.inline import InlineActorSync
         from raycontrast.bank.sync import ActorSync, AllGatherSync
         from raycontrast.contrast import MemoryBank
 

@@ -46,12 +46,8 @@ from _measure import (
     timed,
 )
 
-from raycontrast.contrast import (
-    MemoryBank,
-    class_blocks,
-    memory_contrast_loss_blocks,
-    select_records,
-)
+from raycontrast.contrast import MemoryBank, select_records
+from raycontrast.contrast.loss import class_blocks, memory_contrast_loss_blocks
 
 SCALES = {
     "cityscapes": {"anchors": 1024, "classes": 19, "per_class": 10000, "dim": 256},

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from _measure import add_force_flag, fmt_spread, machine, ratio_spread, save, table, timed
 
-from raycontrast.contrast import BankRecords, MemoryBank, memory_contrast_loss_blocks
+from raycontrast.contrast import BankRecords, MemoryBank
 from raycontrast.contrast.health import bank_health, memory_loss_stats, pca_2d, sample_bank
+from raycontrast.contrast.loss import memory_contrast_loss_blocks
 
 SCALES = {
     "cityscapes": {"classes": 19, "size": 5000, "dim": 256, "anchors": 1024, "images": 8},

@@ -45,8 +45,8 @@ from raycontrast.data import build_dataset, dataset_info
 from raycontrast.eval.evaluate import evaluate
 from raycontrast.eval.run import resolve_eval_config
 from raycontrast.models import build_segmentor
-from raycontrast.train.losses import cross_entropy
-from raycontrast.train.state import seed_everything
+from raycontrast.train._losses import cross_entropy
+from raycontrast.train._state import seed_everything
 
 
 def _batches(cfg, rank: int, world: int):

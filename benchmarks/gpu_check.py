@@ -97,7 +97,7 @@ def _step_arm(weights: str, enabled: bool, steps: int) -> dict:
     from raycontrast.config import load_config
     from raycontrast.contrast import MemoryBank, PixelContrastLoss, memory_kinds
     from raycontrast.models import build_segmentor
-    from raycontrast.train.losses import step_losses
+    from raycontrast.train._losses import step_losses
     from raycontrast.train.phases import full_bank_state
 
     dev = torch.device("cuda")

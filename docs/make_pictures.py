@@ -21,15 +21,10 @@ import numpy as np
 from PIL import Image
 
 from raycontrast.data import build_dataset, dataset_info, generate_scene
-from raycontrast.eval import (
-    evaluate,
-    pick_val_samples,
-    predict,
-    resolve_eval_config,
-    write_confusion,
-    write_val_samples,
-)
+from raycontrast.eval import evaluate, predict
+from raycontrast.eval._visualize import pick_val_samples, write_confusion, write_val_samples
 from raycontrast.eval.predict import find_checkpoint
+from raycontrast.eval.run import resolve_eval_config
 from raycontrast.models import load_segmentor
 
 ASSETS = Path(__file__).resolve().parent / "assets"

@@ -72,8 +72,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     _quiet_console(args.verbose)
 
     if args.dry_run:
-        from raycontrast.tune.runner import check_study, describe_study
-        from raycontrast.tune.study import load_study
+        from raycontrast.tune.study import check_study, describe_study, load_study
 
         study = load_study(args.study, list(args.overrides))
         reports = check_study(study, address=args.address)
@@ -380,7 +379,7 @@ def _main(argv: Sequence[str] | None) -> int:
         from raycontrast.train.launcher import WorkerFailure
 
         if isinstance(err, WorkerFailure):
-            from raycontrast.train.launcher import shutdown_local
+            from raycontrast.train._cluster import shutdown_local
 
             shutdown_local()  # Ray's own log lines arrive first: the cause is the last line
             print(f"raycontrast: error: {err}", file=sys.stderr)

@@ -33,6 +33,7 @@ from raycontrast import yaml_strict
 from raycontrast.errors import UserError
 
 __all__ = [
+    "MEMORY_KINDS",
     "BankConfig",
     "ConfigError",
     "ContrastConfig",
@@ -203,6 +204,15 @@ class DataConfig:
     )
 
 
+MEMORY_KINDS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "pixel": ("pixel",),
+    "region": ("region",),
+    "both": ("pixel", "region"),
+}
+"""``contrast.memory`` -> the bank queues it keeps (the choices of ``contrast.memory``)."""
+
+
 @dataclass
 class ContrastConfig:
     """Pixel contrast (docs/concepts/spec.md): sampling, in-batch and memory terms, the memory bank's shape."""
@@ -222,7 +232,7 @@ class ContrastConfig:
     memory: str = param(
         "none",
         "Memory terms: none, pixel queue, region queue, or both.",
-        choices=("none", "pixel", "region", "both"),
+        choices=tuple(MEMORY_KINDS),
     )
     memory_size: int = param(5000, "Entries per class per queue.", ge=1)
     pixel_update_freq: int = param(10, "Pixels enqueued per (image, class) per step.", ge=1)
@@ -462,6 +472,12 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         check_consistency(self)
+
+    @property
+    def bank_kinds(self) -> tuple[str, ...]:
+        """The memory bank queues this run keeps; empty when it has no bank (the one place that
+        decides whether a run uses a bank)."""
+        return MEMORY_KINDS[self.contrast.memory] if self.contrast.enabled else ()
 
 
 def check_consistency(cfg: ExperimentConfig) -> None:

@@ -1,6 +1,6 @@
 import io
 
-from raycontrast.progress import progress, progress_enabled
+from raycontrast._progress import progress, progress_enabled
 
 
 def test_progress_choice(monkeypatch):
@@ -34,7 +34,7 @@ def test_bar_hidden_off_a_terminal_and_forced_on(monkeypatch, capsys):
 def test_lines_off_a_terminal_every_ten_percent_and_every_n_seconds(monkeypatch):
     import time
 
-    from raycontrast.progress import LineProgress
+    from raycontrast._progress import LineProgress
 
     out = io.StringIO()
     bar = LineProgress(total=100, desc="eval", unit="img", every_s=3600, stream=out)

@@ -3,32 +3,21 @@ all_gather between workers, or through the object store; optionally class-sharde
 private banks.
 
 The bank math (queues, FIFO writes, record selection) lives in :mod:`raycontrast.contrast`; this package is
-the thin distributed glue around it. How records and bank states travel (``_wire``) is internal.
+the thin distributed glue around it. Which classes each shard owns is :mod:`raycontrast.bank.shards`; how records and bank states
+travel (``_wire``) is internal.
 """
 
-from raycontrast.bank._wire import assemble_bank, shard_classes
-from raycontrast.bank.actor import (
-    BankActor,
-    bank_actor_name,
-    create_bank_actor,
-    shard_actor_name,
-    shard_snapshot_uri,
-)
-from raycontrast.bank.collective import CollectiveSync
-from raycontrast.bank.sync import ActorSync, AllGatherSync, BankSync, LocalSync, make_bank_sync
+from raycontrast.bank.actor import BankActor, bank_actor_name, create_bank_actor
+from raycontrast.bank.shards import assemble_bank, shard_classes
+from raycontrast.bank.sync import BANK_SYNCS, BankSync, make_bank_sync
 
 __all__ = [
-    "ActorSync",
-    "AllGatherSync",
+    "BANK_SYNCS",
     "BankActor",
     "BankSync",
-    "CollectiveSync",
-    "LocalSync",
     "assemble_bank",
     "bank_actor_name",
     "create_bank_actor",
     "make_bank_sync",
-    "shard_actor_name",
     "shard_classes",
-    "shard_snapshot_uri",
 ]

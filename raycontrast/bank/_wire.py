@@ -14,13 +14,11 @@ import torch
 from raycontrast.contrast import BankRecords, MemoryBank
 
 __all__ = [
-    "assemble_bank",
     "concat_packed",
     "insert_classes",
     "pack_records",
     "pack_state",
     "select_classes",
-    "shard_classes",
     "take_classes",
     "unpack_records",
     "unpack_state",
@@ -103,18 +101,6 @@ def unpack_state(packed: dict[str, Any], device: torch.device | str = "cpu") -> 
 # ------------------------------------------------------------------------------------ class shards
 
 
-def shard_classes(num_classes: int, shards: int, shard: int) -> list[int]:
-    """Classes owned by ``shard`` of ``shards``: round robin (``c % shards == shard``), so frequent
-    low-index classes spread over the shards."""
-    if not 1 <= shards <= num_classes:
-        raise ValueError(
-            f"bank.shards must be between 1 and the class count {num_classes}, got {shards}"
-        )
-    if not 0 <= shard < shards:
-        raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
-    return list(range(shard, num_classes, shards))
-
-
 def select_classes(
     packed: dict[str, Any], classes: list[int], num_classes: int, renumber: bool = True
 ) -> dict[str, Any]:
@@ -158,16 +144,3 @@ def insert_classes(bank: MemoryBank, classes: list[int], part: dict[str, Any]) -
         bank.written[:, index] = _to_torch(part["written"], torch.int64, bank.device)
     else:
         bank.written[:, index] = -1
-
-
-def assemble_bank(spec: dict[str, Any], parts: list[dict[str, Any]]) -> MemoryBank:
-    """The whole bank from every shard's ``{"classes", "state", "version"}`` (what ``BankActor.state``
-    returns); ``writes`` is the newest version."""
-    bank = MemoryBank(**spec)
-    owned = sorted(c for part in parts for c in part["classes"])
-    if owned != list(range(bank.num_classes)):
-        raise ValueError(f"shards must own every class exactly once, got classes {owned}")
-    for part in parts:
-        insert_classes(bank, part["classes"], part["state"])
-    bank.writes = max(int(part["version"]) for part in parts)
-    return bank

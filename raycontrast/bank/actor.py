@@ -10,7 +10,7 @@ the authoritative bank (recovery, snapshots, digests), off the answer's critical
 
 Bytes leaving the actor per step: N answers of N references each (N² x :data:`REF_NBYTES`: 0.9 MB at
 64 ranks); bytes leaving a worker: its own batch, once. Answering every worker with every batch by
-value (:mod:`raycontrast.bank.inline`) sent N² batches through the actor. (Putting each entry once and
+value (:mod:`raycontrast.bank._inline`) sent N² batches through the actor. (Putting each entry once and
 answering with its reference would keep the actor's bytes linear, but under Ray 2.60 batches whose
 references travel inside an object the actor put stay pinned, about one every third step: measured,
 so not done.)
@@ -49,11 +49,11 @@ from raycontrast.bank._wire import (
     concat_packed,
     pack_state,
     select_classes,
-    shard_classes,
     unpack_records,
     unpack_state,
     wire_nbytes,
 )
+from raycontrast.bank.shards import shard_classes
 from raycontrast.contrast import MemoryBank
 
 __all__ = [
@@ -393,7 +393,7 @@ class BankActor:
         """SHA-1 (see :meth:`MemoryBank.digest`) of the whole bank, assembled from every shard's state
         when there are several (shard 0; cached per version), or of this shard's own bank; once
         version ``at_least`` is applied."""
-        from raycontrast.bank._wire import assemble_bank
+        from raycontrast.bank.shards import assemble_bank
 
         await self._wait_applied(at_least)
         if self.shards == 1 or not whole:

@@ -27,16 +27,16 @@ from raycontrast.bank._wire import (
     pack_records,
     pack_state,
     select_classes,
-    shard_classes,
     take_classes,
     unpack_records,
     wire_nbytes,
 )
 from raycontrast.bank.actor import NAMESPACE
 from raycontrast.bank.groups import gather_records
+from raycontrast.bank.shards import shard_classes
 from raycontrast.contrast import BankRecords, MemoryBank
 
-__all__ = ["ActorSync", "AllGatherSync", "BankSync", "LocalSync", "make_bank_sync"]
+__all__ = ["BANK_SYNCS", "ActorSync", "AllGatherSync", "BankSync", "LocalSync", "make_bank_sync"]
 
 
 class BankSync:
@@ -294,6 +294,14 @@ class ActorSync(BankSync):
         return super().traffic() | {"full_syncs": self.full_syncs, "shards": len(self.shards)}
 
 
+BANK_SYNCS: dict[str, type[BankSync]] = {
+    "actor": ActorSync,
+    "allgather": AllGatherSync,
+    "local": LocalSync,
+}
+"""Bank sync strategies by ``bank.mode`` name."""
+
+
 def make_bank_sync(
     mode: str,
     replica: MemoryBank,
@@ -304,25 +312,21 @@ def make_bank_sync(
     data_plane: str = "object_store",
     max_in_flight: int = 8,
 ) -> BankSync:
-    """The sync strategy for ``bank.mode`` (and, for ``actor``, ``bank.data_plane``)."""
-    if mode == "local":
-        return LocalSync(replica)
-    if mode == "allgather":
-        return AllGatherSync(replica)
-    if mode == "actor":
-        if actor is None:
-            raise ValueError("bank.mode=actor needs the run's bank actor handle")
-        if data_plane == "collective":
-            if overlap:
-                raise ValueError("bank.overlap=true applies to bank.data_plane=object_store")
-            from raycontrast.bank.collective import CollectiveSync
+    """The sync strategy for ``bank.mode`` (one of :data:`BANK_SYNCS`; for ``actor``, ``bank.data_plane``)."""
+    if mode not in BANK_SYNCS:
+        raise ValueError(f"bank.mode must be one of {', '.join(BANK_SYNCS)}, got {mode!r}")
+    if mode != "actor":
+        return BANK_SYNCS[mode](replica)
+    if actor is None:
+        raise ValueError("bank.mode=actor needs the run's bank actor handle")
+    if data_plane == "collective":
+        if overlap:
+            raise ValueError("bank.overlap=true applies to bank.data_plane=object_store")
+        from raycontrast.bank.collective import CollectiveSync
 
-            return CollectiveSync(
-                replica, actor, rank, timeout_s=timeout_s, max_in_flight=max_in_flight
-            )
-        if data_plane != "object_store":
-            raise ValueError(
-                f"bank.data_plane must be collective or object_store, got {data_plane!r}"
-            )
-        return ActorSync(replica, actor, rank, overlap=overlap, timeout_s=timeout_s)
-    raise ValueError(f"bank.mode must be actor, allgather or local, got {mode!r}")
+        return CollectiveSync(
+            replica, actor, rank, timeout_s=timeout_s, max_in_flight=max_in_flight
+        )
+    if data_plane != "object_store":
+        raise ValueError(f"bank.data_plane must be collective or object_store, got {data_plane!r}")
+    return ActorSync(replica, actor, rank, overlap=overlap, timeout_s=timeout_s)

@@ -6,13 +6,8 @@ Example:
     >>> loss = memory_contrast_loss(z, zl, q, ql, sampling=MemorySampling("semi_hard", k=512))
 """
 
-from raycontrast.contrast.health import bank_health, sample_bank
-from raycontrast.contrast.loss import (
-    class_blocks,
-    inbatch_contrast_loss,
-    memory_contrast_loss,
-    memory_contrast_loss_blocks,
-)
+from raycontrast.contrast.health import bank_health
+from raycontrast.contrast.loss import inbatch_contrast_loss, memory_contrast_loss
 from raycontrast.contrast.memory import KINDS, BankRecords, MemoryBank, select_records
 from raycontrast.contrast.module import ContrastOutput, PixelContrastLoss, memory_kinds
 from raycontrast.contrast.sampling import sample_anchors
@@ -26,12 +21,9 @@ __all__ = [
     "MemorySampling",
     "PixelContrastLoss",
     "bank_health",
-    "class_blocks",
     "inbatch_contrast_loss",
     "memory_contrast_loss",
-    "memory_contrast_loss_blocks",
     "memory_kinds",
     "sample_anchors",
-    "sample_bank",
     "select_records",
 ]

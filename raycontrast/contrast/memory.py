@@ -34,6 +34,7 @@ from raycontrast.contrast.sampling import group_ranks
 __all__ = ["KINDS", "BankRecords", "MemoryBank", "select_records"]
 
 KINDS = ("pixel", "region")
+"""The bank's queues: pixel embeddings and per-image class means (regions)."""
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from raycontrast.config import ContrastConfig
+from raycontrast.config import MEMORY_KINDS, ContrastConfig
 from raycontrast.contrast.health import memory_loss_stats
 from raycontrast.contrast.loss import (
     inbatch_contrast_loss,
@@ -23,9 +23,7 @@ __all__ = ["ContrastOutput", "PixelContrastLoss", "memory_kinds"]
 
 def memory_kinds(cfg: ContrastConfig) -> tuple[str, ...]:
     """Bank queues the config uses: ``()`` for ``memory: none``."""
-    return {"none": (), "pixel": ("pixel",), "region": ("region",), "both": ("pixel", "region")}[
-        cfg.memory
-    ]
+    return MEMORY_KINDS[cfg.memory]
 
 
 @dataclass

@@ -13,38 +13,25 @@ Example:
     ['id', 'image', 'label', 'skipped']
 """
 
-from raycontrast.data.base import STORED_IGNORE, DatasetError, DatasetInfo, RawSample, SampleSource
-from raycontrast.data.build import DATASETS, build_dataset, build_source, dataset_info
+from raycontrast.data.base import DatasetError, DatasetInfo
+from raycontrast.data.build import DATASETS, build_dataset, dataset_info
 from raycontrast.data.convert import convert_dataset
 from raycontrast.data.dataset import SegmentationDataset
-from raycontrast.data.parquet import (
-    ParquetSegDataset,
-    decode_batch,
-    read_manifest,
-    read_parquet_ray,
-)
+from raycontrast.data.parquet import ParquetSegDataset, read_parquet_ray
 from raycontrast.data.synthetic import SYNTHETIC_CLASSES, generate_scene
-from raycontrast.data.transforms import SegTransform, build_transforms, sample_rng
+from raycontrast.data.transforms import build_transforms
 
 __all__ = [
     "DATASETS",
-    "STORED_IGNORE",
     "SYNTHETIC_CLASSES",
     "DatasetError",
     "DatasetInfo",
     "ParquetSegDataset",
-    "RawSample",
-    "SampleSource",
-    "SegTransform",
     "SegmentationDataset",
     "build_dataset",
-    "build_source",
     "build_transforms",
     "convert_dataset",
     "dataset_info",
-    "decode_batch",
     "generate_scene",
-    "read_manifest",
     "read_parquet_ray",
-    "sample_rng",
 ]

@@ -6,7 +6,7 @@ import logging
 from types import ModuleType
 
 from raycontrast.config import DataConfig
-from raycontrast.data import ade20k, cityscapes, folder, synthetic, voc
+from raycontrast.data import _ade20k, _cityscapes, _folder, _voc, synthetic
 from raycontrast.data.base import STORED_IGNORE, DatasetError, DatasetInfo, SampleSource
 from raycontrast.data.dataset import SegmentationDataset
 from raycontrast.data.parquet import ParquetSource, manifest_info, read_manifest
@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 
 DATASETS: dict[str, ModuleType] = {
     "synthetic": synthetic,
-    "cityscapes": cityscapes,
-    "ade20k": ade20k,
-    "voc": voc,
-    "folder": folder,
+    "cityscapes": _cityscapes,
+    "ade20k": _ade20k,
+    "voc": _voc,
+    "folder": _folder,
 }
 """Reader module of each ``data.dataset`` value; each has ``info(cfg)`` and ``source(cfg, split)``."""
 

@@ -29,7 +29,7 @@ from raycontrast.data.base import DatasetError, SampleSource
 __all__ = ["MASK_MODES", "DataCheck", "check_data_files", "check_header"]
 
 MASK_MODES = ("P", "L", "I", "I;16", "I;16B", "I;16L", "1", "RGB", "RGBA")
-"""Modes a label PNG may have (:func:`raycontrast.data.io.decode_mask` reads these)."""
+"""Modes a label PNG may have (:func:`raycontrast.data._io.decode_mask` reads these)."""
 
 
 @dataclass
@@ -129,7 +129,7 @@ def check_split(
     cfg: DataConfig, source: SampleSource, split: str, report: DataCheck, seed: int = 0
 ) -> None:
     """Check one split's files into ``report`` (raises on the first problem unless skipping)."""
-    from raycontrast.data.files import FileSource
+    from raycontrast.data._files import FileSource
     from raycontrast.data.parquet import ParquetSource
 
     problems = report.problems if cfg.on_bad_sample == "skip" else None

@@ -13,12 +13,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raycontrast._progress import progress
 from raycontrast.config import ConfigError, load_config
+from raycontrast.data._io import encode_png
 from raycontrast.data.base import STORED_IGNORE, DatasetError
 from raycontrast.data.build import build_source, dataset_info
-from raycontrast.data.io import encode_png
 from raycontrast.data.parquet import FORMAT, MANIFEST_NAME
-from raycontrast.progress import progress
 
 __all__ = ["ROW_GROUP_SIZE", "SCHEMA", "convert_dataset"]
 

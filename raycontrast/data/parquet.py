@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from raycontrast.config import DataConfig
+from raycontrast.data._io import check_same_size, decode_image, decode_mask
+from raycontrast.data._labels import apply_lut, identity_lut
 from raycontrast.data.base import DatasetError, DatasetInfo, RawSample
 from raycontrast.data.dataset import SegmentationDataset
-from raycontrast.data.io import check_same_size, decode_image, decode_mask
-from raycontrast.data.labels import apply_lut, identity_lut
 from raycontrast.data.transforms import build_transforms
 
 if TYPE_CHECKING:

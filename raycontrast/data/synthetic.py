@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 SYNTHETIC_CLASSES = ["background", "disc", "box", "triangle", "ring", "cross", "star"]
+"""Class names of the synthetic dataset, by label index."""
 SYNTHETIC_PALETTE = [
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
     (145, 30, 180),

@@ -1,6 +1,6 @@
 """Evaluation: streaming metrics, test-time inference (whole / slide / multi-scale + flip), the
-evaluation loop and ``raycontrast eval``; ``raycontrast predict`` (predict.py), pictures of
-predictions (visualize.py) and ``raycontrast report`` / run comparison (compare.py).
+evaluation loop and ``raycontrast eval`` (:func:`run_eval`), ``raycontrast predict`` (:func:`predict`)
+and ``raycontrast report`` / run comparison (:func:`compare_runs`). Pictures and plots are internal.
 
 Example:
     >>> from raycontrast.eval import SegMetrics, evaluate, format_table
@@ -11,38 +11,22 @@ Example:
 from __future__ import annotations
 
 from raycontrast.eval.compare import compare_runs, load_run
-from raycontrast.eval.evaluate import evaluate, iter_batches
-from raycontrast.eval.inference import MODES, infer, slide_windows
-from raycontrast.eval.metrics import SegMetrics, metrics_from_confusion
+from raycontrast.eval.evaluate import evaluate
+from raycontrast.eval.inference import MODES, infer
+from raycontrast.eval.metrics import SegMetrics
 from raycontrast.eval.predict import load_predictor, predict
-from raycontrast.eval.report import format_summary, format_table
-from raycontrast.eval.run import default_output, resolve_eval_config, run_eval
-from raycontrast.eval.visualize import (
-    pick_val_samples,
-    sample_grid,
-    write_confusion,
-    write_val_samples,
-)
+from raycontrast.eval.report import format_table
+from raycontrast.eval.run import run_eval
 
 __all__ = [
     "MODES",
     "SegMetrics",
     "compare_runs",
-    "default_output",
     "evaluate",
-    "format_summary",
     "format_table",
     "infer",
-    "iter_batches",
     "load_predictor",
     "load_run",
-    "metrics_from_confusion",
-    "pick_val_samples",
     "predict",
-    "resolve_eval_config",
     "run_eval",
-    "sample_grid",
-    "slide_windows",
-    "write_confusion",
-    "write_val_samples",
 ]

@@ -134,7 +134,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
 def rebuild_plots(run: RunRecord, out_dir: Path | None = None) -> list[Path]:
     """Redraw a run's loss, mIoU, per-class IoU and (with ``confusion.csv``) confusion plots into
     ``out_dir`` (default ``<run>/plots``). Sample grids need the model and are not redrawn."""
-    from raycontrast.train.logger import write_plots
+    from raycontrast.eval._plots import write_plots
 
     per_class = run.per_class_iou()
     return write_plots(run.run_dir, list(per_class), list(per_class.values()), out_dir=out_dir)

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raycontrast._progress import progress
 from raycontrast.config import EvalConfig
 from raycontrast.eval.inference import infer_with
 from raycontrast.eval.metrics import SegMetrics
-from raycontrast.progress import progress
 
 __all__ = ["evaluate", "iter_batches"]
 
@@ -105,7 +105,7 @@ def evaluate(
         device: where images are moved before inference.
         max_images: stop after this many images (default: ``eval_cfg.max_images``, else all).
         show_progress: a progress bar (``None``: only on a terminal, see
-            :mod:`raycontrast.progress`); off by default (training workers evaluate silently).
+            :mod:`raycontrast._progress`); off by default (training workers evaluate silently).
 
     Returns:
         The accumulated :class:`~raycontrast.eval.metrics.SegMetrics`.

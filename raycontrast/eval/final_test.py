@@ -2,7 +2,7 @@
 
 A study that selects nothing on ``test`` still needs the test set's own sampling error beside the seed
 interval: :func:`per_image_confusion` keeps one confusion matrix per test image (a few kB each), so a
-bootstrap over test images (:func:`raycontrast.tune.stats.bootstrap_paired_miou`) can recompute mIoU
+bootstrap over test images (:func:`raycontrast.tune._stats.bootstrap_paired_miou`) can recompute mIoU
 from resampled, summed counts. ``test`` is never evaluated during training and never scores a
 checkpoint: training evaluates ``data.val_split`` only.
 """

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["MODES", "infer", "infer_with", "slide_windows"]
 
 MODES = ("whole", "slide", "multiscale")
+"""Test-time inference modes (the choices of ``eval.mode``)."""
 
 ModelFn = Callable[[Tensor], Tensor]
 

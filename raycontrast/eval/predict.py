@@ -40,10 +40,10 @@ from raycontrast.config import (
     config_to_dict,
     parse_overrides,
 )
+from raycontrast.data._io import IMAGE_EXTENSIONS, decode_image, read_image
 from raycontrast.data.base import DatasetError
-from raycontrast.data.io import IMAGE_EXTENSIONS, decode_image, read_image
+from raycontrast.eval._visualize import class_palette, overlay, palette_for_classes, palette_image
 from raycontrast.eval.inference import infer_with
-from raycontrast.eval.visualize import class_palette, overlay, palette_for_classes, palette_image
 
 __all__ = ["Predictor", "find_checkpoint", "list_inputs", "load_predictor", "predict"]
 
@@ -534,7 +534,7 @@ def predict(
         >>> predict("runs/synthetic", "photos/", "predictions/")
         raycontrast: predicted 12 images in 3.1 s (3.9 images/s) with checkpoint ...; wrote predictions
     """
-    from raycontrast.progress import progress
+    from raycontrast._progress import progress
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -117,7 +117,7 @@ def create_backbone(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     Args:
         cfg: the model section; uses ``backbone``, ``output_stride`` and ``out_indices``.
         pretrained: load timm's hub weights (``model.pretrained: true``). Local weight files are
-            applied afterwards by :func:`raycontrast.models.pretrained.load_pretrained_backbone`.
+            applied afterwards by :func:`raycontrast.models._pretrained.load_pretrained_backbone`.
 
     Returns:
         The timm module; ``module(x)`` returns a list of feature maps, finest first.

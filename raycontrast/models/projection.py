@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raycontrast.models.heads.common import concat_levels
+from raycontrast.models.heads._common import concat_levels
 
 __all__ = ["ProjectionHead"]
 

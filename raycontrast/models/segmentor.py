@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raycontrast.config import ModelConfig
+from raycontrast.models._pretrained import load_pretrained_backbone
 from raycontrast.models.backbone import create_backbone, feature_channels, feature_reductions
 from raycontrast.models.errors import ModelError
-from raycontrast.models.heads import FCNHead, build_head, resize
-from raycontrast.models.pretrained import load_pretrained_backbone
+from raycontrast.models.heads import FCNHead, build_head
+from raycontrast.models.heads._common import resize
 from raycontrast.models.projection import ProjectionHead
 
 __all__ = ["DeployedSegmentor", "Segmentor", "build_segmentor", "deploy_model", "unwrap_model"]

@@ -2,8 +2,8 @@
 
 Public API: :func:`run_training` (what ``raycontrast train`` calls), :func:`preflight` (the checks it
 runs before any worker starts; ``--dry-run``), and for users who build their own ``TorchTrainer`` the
-worker entry point :func:`train_loop_per_worker` and its :class:`Trainer`. Launch helpers (connecting
-to Ray, storage and data checks) live in :mod:`raycontrast.train.launcher`.
+worker entry point :func:`train_loop_per_worker` and its :class:`Trainer`. Every driver check lives in
+:mod:`raycontrast.train.preflight`; connecting to Ray and measuring capacity in one internal module.
 
 Example:
     >>> from raycontrast.config import load_config

@@ -8,40 +8,32 @@ with Tune's report callback).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import ray
-
 from raycontrast import storage
-from raycontrast.config import ConfigError, ExperimentConfig, config_to_dict
-from raycontrast.contrast import memory_kinds
-from raycontrast.data import build_dataset, dataset_info
-from raycontrast.train.elastic import worker_groups
-from raycontrast.train.logger import write_plots
+from raycontrast.config import ExperimentConfig, config_to_dict
+from raycontrast.data import dataset_info
+from raycontrast.eval._plots import plot_run
+from raycontrast.train._cluster import check_address
+from raycontrast.train._elastic import worker_groups
 from raycontrast.train.loop import NonFiniteLoss, train_loop_per_worker
+from raycontrast.train.preflight import (
+    Preflight,
+    check_capacity,
+    preflight,
+    registered_checkpoint,
+    run_dir_of,
+)
 
 __all__ = [
-    "ClusterUnreachable",
     "TrainingInterrupted",
     "WorkerFailure",
-    "check_data",
-    "check_storage",
-    "connect",
     "dry_run",
-    "run_dir_of",
     "run_training",
+    "scaling_config",
 ]
-
-CONNECT_TIMEOUT_S = 10.0
-"""How long the driver tries to reach a cluster's address before giving up with an error."""
-
-_started_local = False  # connect() started a local Ray instance in this process
 
 
 class TrainingInterrupted(RuntimeError):
@@ -51,200 +43,6 @@ class TrainingInterrupted(RuntimeError):
 class WorkerFailure(RuntimeError):
     """A Train worker failed (after ``train.max_failures`` restarts); the message is one line: the
     cause, the run directory and where the worker logs are."""
-
-
-class ClusterUnreachable(ConfigError):
-    """``--address`` / ``$RAY_ADDRESS`` names a cluster that cannot be reached."""
-
-
-def _check_reachable(address: str, source: str) -> None:
-    """A TCP connection to ``host:port`` of ``address`` within :data:`CONNECT_TIMEOUT_S` (``ray.init``
-    itself retries for minutes); ``auto``/``local`` and addresses without a port are left to Ray."""
-    import socket
-    from urllib.parse import urlsplit
-
-    target = address if "://" in address else f"tcp://{address}"
-    try:
-        parts = urlsplit(target)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host = port = None
-    if not host or port is None:
-        if address.strip() in ("auto", "local"):
-            return
-        raise ClusterUnreachable(
-            f"{source}={address!r} is not a Ray address: expected host:port (the head's GCS, e.g. "
-            "10.0.0.5:6379), ray://host:10001, or auto"
-        )
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
-        raise ClusterUnreachable(
-            f"cannot reach the Ray cluster at {source}={address} ({reason} after at most "
-            f"{CONNECT_TIMEOUT_S:g}s): check the head's address and port and that the cluster is "
-            "up, or leave the address unset to start a local Ray instance"
-        ) from None
-
-
-def _address(address: str | None) -> tuple[str | None, str]:
-    """The cluster address to use and where it came from (``--address`` or ``$RAY_ADDRESS``)."""
-    if address:
-        return address, "--address"
-    return os.environ.get("RAY_ADDRESS") or None, "$RAY_ADDRESS"
-
-
-def check_address(address: str | None = None) -> None:
-    """Fail fast (within :data:`CONNECT_TIMEOUT_S`) when ``address`` / ``$RAY_ADDRESS`` names a host
-    that does not answer; a no-op without an address or when Ray is already initialised."""
-    address, source = _address(address)
-    if address and not ray.is_initialized():
-        _check_reachable(address, source)
-
-
-def connect(address: str | None = None) -> None:
-    """Attach to ``address`` / ``$RAY_ADDRESS`` (a cluster, or the job's cluster under ``ray job
-    submit``), else start a local Ray instance. No-op when Ray is already initialised.
-
-    Raises:
-        ClusterUnreachable: the address cannot be reached within :data:`CONNECT_TIMEOUT_S` (or Ray
-            finds no cluster there).
-    """
-    global _started_local
-    if ray.is_initialized():
-        return
-    address, source = _address(address)
-    if address:
-        _check_reachable(address, source)
-        try:
-            ray.init(address=address)
-        except (ConnectionError, TimeoutError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ClusterUnreachable(
-                f"cannot attach to the Ray cluster at {source}={address}: {first}"
-            ) from None
-    else:
-        _start_local()
-        _started_local = True
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_local() -> None:
-    """A Ray instance of this run's own: its own temp dir and dashboard port, never another instance
-    on the machine. The dashboard (loopback only) serves the state API that Ray Train's controller
-    and placement-group cleaner poll; they find it through ``$RAY_API_SERVER_ADDRESS`` (inherited by
-    every worker), where they would otherwise look for "the" local instance and, finding two, fail
-    (the cleaner's thread dies, and with it the freeing of placement groups)."""
-    port = _free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    temp_dir = os.path.join(tempfile.gettempdir(), "raycontrast-ray", str(os.getpid()))
-    print("[raycontrast] starting Ray (a local instance of this run's own)", flush=True)
-    ray.init(
-        address="local",
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
-        _temp_dir=temp_dir,
-    )
-
-
-def shutdown_local() -> None:
-    """Stop the local Ray instance :func:`connect` started (flushing its actors' log lines to the
-    console); instances started or attached elsewhere are left alone."""
-    global _started_local
-    if _started_local and ray.is_initialized():
-        ray.shutdown()
-    if _started_local:
-        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
-    _started_local = False
-
-
-def check_storage(storage_path: str) -> None:
-    """Under ``ray job submit`` the entrypoint runs in a temporary copy of the working dir: a relative
-    ``storage_path`` would put checkpoints there, where they are deleted with the job."""
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not (
-        storage.is_uri(storage_path) or os.path.isabs(storage_path)
-    ):
-        raise ConfigError(
-            f"storage_path={storage_path!r} is relative, and this runs as a Ray job whose working "
-            f"dir ({os.getcwd()}) is temporary: results would be lost. Pass an absolute path on "
-            "shared storage (NFS) or a URI, e.g. storage_path=s3://bucket/runs"
-        )
-
-
-def check_resume(cfg: ExperimentConfig, run_dir: str) -> None:
-    """A rerun resumes the run's latest checkpoint: refuse, before any worker starts, when that
-    checkpoint holds another architecture or class count (local and NFS run dirs).
-
-    The checkpoint is the one Ray Train registered in ``checkpoint_manager_snapshot.json``, which is
-    what it resumes from: a newer directory may hold a checkpoint cut short by an interrupt.
-    """
-    if storage.is_uri(run_dir):
-        return  # checked by the workers when they load it
-    registered = _registered_dir(run_dir)
-    if registered is not None and not (registered / "state.pt").is_file():
-        from raycontrast.models import CheckpointError
-
-        what = "is missing" if not registered.exists() else "has no state.pt"
-        raise CheckpointError(
-            f"{registered}: the checkpoint a rerun of {cfg.name!r} resumes from {what} (registered "
-            f"in {Path(run_dir) / 'checkpoint_manager_snapshot.json'}); restore it, or choose "
-            "another name for a new run"
-        )
-    latest = _registered_checkpoint(run_dir)
-    if latest is None:
-        return
-    from raycontrast.models import check_compatible, load_checkpoint
-
-    state = load_checkpoint(latest)
-    check_compatible(
-        state,
-        cfg,
-        dataset_info(cfg.data).num_classes,
-        f"{latest} (rerunning {cfg.name!r} resumes it; choose another name for a new run)",
-    )
-
-
-def _registered_dir(run_dir: str) -> Path | None:
-    """The latest checkpoint directory Ray Train registered for the run in ``run_dir`` (whether or
-    not it still holds a checkpoint), if any."""
-    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
-    try:
-        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
-        return Path(run_dir) / latest["checkpoint_dir_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # nothing registered (yet): nothing to resume
-
-
-def _registered_checkpoint(run_dir: str) -> Path | None:
-    """The latest registered checkpoint directory, if it holds a ``state.pt``."""
-    path = _registered_dir(run_dir)
-    return path if path is not None and (path / "state.pt").exists() else None
-
-
-def run_dir_of(cfg: ExperimentConfig) -> str:
-    """``<storage_path>/<name>``, absolute (or a URI)."""
-    return storage.join(storage.resolve(cfg.storage_path), cfg.name)
-
-
-def check_data(cfg: ExperimentConfig) -> None:
-    """Fail on the driver, before any worker starts, on a missing dataset root or split."""
-    dataset_info(cfg.data)
-    if cfg.data.test_split in (cfg.data.train_split, cfg.data.val_split):
-        raise ConfigError(
-            f"data.test_split={cfg.data.test_split!r} is also the training or validation split; "
-            "the test split must be one no run trains on or selects by (e.g. test), or '' for none"
-        )
-    for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
-        if split:
-            build_dataset(cfg.data, split, train=split == cfg.data.train_split)
 
 
 def run_training(
@@ -261,61 +59,69 @@ def run_training(
         address: Ray cluster address (default: ``$RAY_ADDRESS``, else a local instance).
         callbacks: extra Ray Train callbacks (Tune passes its report callback).
     """
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        RunConfig,
-        TrainingFailedError,
-    )
-    from ray.train.torch import TorchConfig
-
-    from raycontrast.train.failures import Trainer, patient_start
-    from raycontrast.train.preflight import check_resources, preflight
-
     t0 = time.perf_counter()
     check_address(address)  # an unreachable cluster fails in seconds, before the other checks
     print(f"[{cfg.name}] checking config, data, model and trackers", flush=True)
     checked = preflight(cfg, cluster=False)  # every check that needs no cluster, before connecting
     for warning in checked.warnings:
         print(f"[{cfg.name}] warning: {warning}", flush=True)
-    storage_path = storage.resolve(cfg.storage_path)
-    run_dir = storage.join(storage_path, cfg.name)
+    run_dir = run_dir_of(cfg)
     finished = _finished_summary(cfg, run_dir)
     if finished is not None and not callbacks:
         return _print_finished(cfg, run_dir, finished)
-    connect(address)
-    check_resources(cfg)
+    check_capacity([checked], address, start=True)
     storage.makedirs(run_dir)
+    actor = _start_bank(cfg, run_dir)  # the handle must stay referenced while training runs
+    print(
+        f"[{cfg.name}] training {cfg.train.iterations} iterations on {_describe_workers(cfg)}, "
+        f"bank {cfg.bank.mode if cfg.bank_kinds else 'off'}; run dir {run_dir}",
+        flush=True,
+    )
+    result = _fit(cfg, run_dir, actor is not None, callbacks)
+    del actor
+    if finished is not None:  # a Tune trial of a finished run: keep its record
+        return _print_finished(cfg, run_dir, finished)
+    return _summarise(cfg, run_dir, result, time.perf_counter() - t0)
 
-    actor_name = actor = None  # the handle must stay referenced while training runs
-    uses_bank = cfg.contrast.enabled and memory_kinds(cfg.contrast)
-    if uses_bank and cfg.bank.mode == "actor":
-        from raycontrast.bank import bank_actor_name, create_bank_actor
 
-        info = dataset_info(cfg.data)
-        spec = {
-            "num_classes": info.num_classes,
-            "dim": cfg.model.proj_dim,
-            "size": cfg.contrast.memory_size,
-            "kinds": memory_kinds(cfg.contrast),
-            "dtype": cfg.contrast.memory_dtype,
-        }
-        actor_name = bank_actor_name(cfg.name)
-        actor = create_bank_actor(
-            cfg.name,
-            spec,
-            world_size=max(cfg.train.max_workers, 1),  # each worker group sets its own
-            snapshot_uri=storage.join(run_dir, "bank", "snapshot.pt"),
-            snapshot_every=cfg.bank.snapshot_every,
-            wait=False,
-            shards=cfg.bank.shards,
-        )
+def _start_bank(cfg: ExperimentConfig, run_dir: str):
+    """The run's bank actors (``bank.mode: actor`` with a bank), else ``None``."""
+    if not cfg.bank_kinds or cfg.bank.mode != "actor":
+        return None
+    from raycontrast.bank import create_bank_actor
+
+    spec = {
+        "num_classes": dataset_info(cfg.data).num_classes,
+        "dim": cfg.model.proj_dim,
+        "size": cfg.contrast.memory_size,
+        "kinds": cfg.bank_kinds,
+        "dtype": cfg.contrast.memory_dtype,
+    }
+    return create_bank_actor(
+        cfg.name,
+        spec,
+        world_size=max(cfg.train.max_workers, 1),  # each worker group sets its own
+        snapshot_uri=storage.join(run_dir, "bank", "snapshot.pt"),
+        snapshot_every=cfg.bank.snapshot_every,
+        wait=False,
+        shards=cfg.bank.shards,
+    )
+
+
+def _fit(cfg: ExperimentConfig, run_dir: str, bank_actor: bool, callbacks: Sequence[Any]):
+    """Ray Train's ``TorchTrainer.fit()`` for the run; a failed or aborted fit raises one line."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
+    from ray.train.torch import TorchConfig
+
+    from raycontrast.train.failures import Trainer, patient_start
 
     datasets = {}
     if cfg.data.ingest == "ray_data":
         from raycontrast.data import read_parquet_ray
 
         datasets["train"] = read_parquet_ray(cfg.data.parquet_dir, cfg.data.train_split)
+    if bank_actor:
+        from raycontrast.bank import bank_actor_name
 
     patient_start()  # a slow worker-group start is waited for, not failed
     trainer = Trainer(
@@ -323,12 +129,12 @@ def run_training(
         train_loop_config={
             "experiment": config_to_dict(cfg),
             "run_dir": run_dir,
-            "bank_actor": actor_name,
+            "bank_actor": bank_actor_name(cfg.name) if bank_actor else None,
         },
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=cfg.name,
-            storage_path=storage_path,
+            storage_path=storage.resolve(cfg.storage_path),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="mIoU", checkpoint_score_order="max"
             ),
@@ -340,11 +146,6 @@ def run_training(
             timeout_s=cfg.train.collective_timeout_s,
         ),
         datasets=datasets or None,
-    )
-    print(
-        f"[{cfg.name}] training {cfg.train.iterations} iterations on {_describe_workers(cfg)}, "
-        f"bank {cfg.bank.mode if uses_bank else 'off'}; run dir {run_dir}",
-        flush=True,
     )
     print(f"[{cfg.name}] workers starting", flush=True)
     try:
@@ -358,28 +159,17 @@ def run_training(
         if trainer.interrupted or isinstance(err, KeyboardInterrupt):
             raise _interrupted(cfg, run_dir) from None
         raise
-    del actor
     if trainer.interrupted:
         raise _interrupted(cfg, run_dir)
     if result.error is not None and result.return_value is None:
         _raise_user_error(result.error)
         raise WorkerFailure(_failure_line(cfg, run_dir, result.error))
-    if finished is not None:  # a Tune trial of a finished run: keep its record
-        return _print_finished(cfg, run_dir, finished)
-    if result.return_value is None and result.error is None:
-        raise _interrupted(cfg, run_dir)
-    out = result.return_value or {}
-    if str(out.get("status", "")).startswith("stopped"):
-        raise NonFiniteLoss(
-            f"{cfg.name}: {out['status']}; set train.on_nonfinite=skip to skip such steps"
-        )
-    summary = _summarise(cfg, run_dir, out, result, time.perf_counter() - t0)
-    return summary
+    return result
 
 
 def _interrupted(cfg: ExperimentConfig, run_dir: str) -> TrainingInterrupted:
     """The one line a Ctrl-C gets: the run is kept, and how to resume it."""
-    latest = _registered_checkpoint(run_dir) if not storage.is_uri(run_dir) else None
+    latest = registered_checkpoint(run_dir) if not storage.is_uri(run_dir) else None
     where = (
         f"from {latest}"
         if latest is not None
@@ -473,6 +263,8 @@ def _print_finished(cfg: ExperimentConfig, run_dir: str, summary: dict[str, Any]
 
 def _logs_dir() -> str:
     """This node's Ray log folder (worker stdout/stderr: ``worker-*.out/.err``)."""
+    import ray
+
     try:
         return ray._private.worker._global_node.get_logs_dir_path()
     except Exception:  # not connected, or Ray internals moved
@@ -506,7 +298,7 @@ def _one_line(exc: BaseException) -> str:
     return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
-def dry_run(cfg: ExperimentConfig, address: str | None = None) -> Any:
+def dry_run(cfg: ExperimentConfig, address: str | None = None) -> Preflight:
     """``raycontrast train --dry-run``: every check of a run, then print the resolved config and the
     resources it would take. Attaches to ``address`` / ``$RAY_ADDRESS`` when given (to compare with
     that cluster), else compares with what a local Ray instance would offer, without starting one.
@@ -514,27 +306,28 @@ def dry_run(cfg: ExperimentConfig, address: str | None = None) -> Any:
     Returns:
         The :class:`~raycontrast.train.preflight.Preflight` report.
     """
-    from raycontrast.train.preflight import check_resources, local_capacity, preflight
-
     check_address(address)
     print(
         f"[{cfg.name}] checking config, storage, data, model, checkpoint and trackers", flush=True
     )
     report = preflight(cfg, cluster=False)
-    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-        connect(address)
-        report.resources, report.cluster = check_resources(cfg)
-    else:
-        report.resources, report.cluster = check_resources(cfg, available=local_capacity())
+    check_capacity([report], address)
     print(report.describe(), flush=True)
     print(f"[{cfg.name}] dry run: every check passed; run dir {run_dir_of(cfg)}", flush=True)
     return report
 
 
-def _summarise(
-    cfg: ExperimentConfig, run_dir: str, out: dict, result, wall_s: float
-) -> dict[str, Any]:
+def _summarise(cfg: ExperimentConfig, run_dir: str, result, wall_s: float) -> dict[str, Any]:
+    """The finished run's ``summary.json``, plots and table; an aborted or stopped run raises."""
     from raycontrast.eval import format_table
+
+    if result.return_value is None and result.error is None:
+        raise _interrupted(cfg, run_dir)
+    out = result.return_value or {}
+    if str(out.get("status", "")).startswith("stopped"):
+        raise NonFiniteLoss(
+            f"{cfg.name}: {out['status']}; set train.on_nonfinite=skip to skip such steps"
+        )
 
     metrics = out.get("metrics") or {}
     names = out.get("class_names") or []
@@ -568,7 +361,7 @@ def _summarise(
     storage.write_bytes(
         storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode()
     )
-    _plots(run_dir, names, metrics.get("IoU"))
+    plot_run(run_dir, names, metrics.get("IoU"))
     from raycontrast.train.tracking import finish_run
 
     finish_run(cfg, run_dir, summary)
@@ -594,19 +387,3 @@ def _best_path(result) -> str | None:
     best = result.best_checkpoints or []
     scored = [(m.get("mIoU", -1), c.path) for c, m in best]
     return max(scored)[1] if scored else None
-
-
-def _plots(run_dir: str, names, per_class) -> None:
-    if not storage.is_uri(run_dir):
-        write_plots(Path(run_dir), names, per_class)
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="raycontrast-plots-"))
-    try:
-        for name in ("metrics.csv", "val.csv"):
-            uri = storage.join(run_dir, name)
-            if storage.exists(uri):
-                (tmp / name).write_bytes(storage.read_bytes(uri))
-        for path in write_plots(tmp, names, per_class):
-            storage.write_bytes(storage.join(run_dir, "plots", path.name), path.read_bytes())
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -32,33 +32,23 @@ from raycontrast.contrast import (
     BankRecords,
     MemoryBank,
     PixelContrastLoss,
-    memory_kinds,
     select_records,
 )
 from raycontrast.contrast.health import bank_health, sample_bank
 from raycontrast.data import build_dataset, dataset_info
-from raycontrast.eval import (
-    evaluate,
-    pick_val_samples,
-    resolve_eval_config,
-    write_confusion,
-    write_val_samples,
-)
-from raycontrast.models import (
-    build_segmentor,
-    check_compatible,
-    convert_sync_batchnorm,
-    load_checkpoint,
-    save_checkpoint,
-    unwrap_model,
-)
+from raycontrast.eval import evaluate
+from raycontrast.eval._visualize import pick_val_samples, write_confusion, write_val_samples
+from raycontrast.eval.run import resolve_eval_config
+from raycontrast.models import build_segmentor, check_compatible, load_checkpoint, save_checkpoint
+from raycontrast.models._sync_bn import convert_sync_batchnorm
 from raycontrast.models.checkpoint import restore_training, training_state
-from raycontrast.train.data import train_batches, val_shard
-from raycontrast.train.debug import DebugHooks
-from raycontrast.train.elastic import record_worker_group
-from raycontrast.train.logger import RunLogger, console
-from raycontrast.train.losses import StepLosses, step_losses
-from raycontrast.train.state import get_rng_state, seed_everything, set_rng_state
+from raycontrast.models.segmentor import unwrap_model
+from raycontrast.train._data import train_batches, val_shard
+from raycontrast.train._debug import DebugHooks
+from raycontrast.train._elastic import record_worker_group
+from raycontrast.train._logger import RunLogger, console
+from raycontrast.train._losses import StepLosses, step_losses
+from raycontrast.train._state import get_rng_state, seed_everything, set_rng_state
 from raycontrast.train.tracking import open_tracking
 
 __all__ = ["NonFiniteLoss", "Trainer", "train_loop_per_worker"]
@@ -149,7 +139,7 @@ class Trainer:
             if cfg.contrast.enabled
             else None
         )
-        self.kinds = memory_kinds(cfg.contrast) if cfg.contrast.enabled else ()
+        self.kinds = cfg.bank_kinds
         self.replica, self.sync = self._build_bank(bank_actor)
         self.debug = DebugHooks(cfg.debug, run_dir, self.rank)
 

@@ -12,6 +12,7 @@ traceback; found here it is one line naming the key. :func:`preflight` runs ever
   unknown backbone (with close timm names), an ``output_stride`` the backbone cannot produce, bad
   ``out_indices``, heads that do not fit, a ``model.pretrained`` file that is missing or whose keys or
   shapes do not fit the backbone;
+* ``bank.shards`` against the class count (every shard must own a class);
 * a rerun's checkpoint against the config (architecture and class count);
 * the experiment trackers (``log.mlflow``, ``log.wandb``): installed, reachable, logged in;
 * the metrics a sweep or study optimises, against what training reports;
@@ -21,13 +22,17 @@ traceback; found here it is one line naming the key. :func:`preflight` runs ever
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import yaml
 
+from raycontrast import storage
 from raycontrast.config import (
     ConfigError,
     ExperimentConfig,
@@ -35,18 +40,24 @@ from raycontrast.config import (
     config_warnings,
     did_you_mean,
 )
+from raycontrast.data import build_dataset, dataset_info
+from raycontrast.train._cluster import capacity, cluster_capacity
 
 __all__ = [
     "BANK_METRICS",
     "REPORTED_METRICS",
     "Preflight",
+    "check_bank",
+    "check_capacity",
+    "check_data",
     "check_metric",
     "check_model",
     "check_resources",
-    "cluster_capacity",
-    "local_capacity",
+    "check_resume",
+    "check_storage",
     "preflight",
     "requested_resources",
+    "run_dir_of",
     "training_inputs",
 ]
 
@@ -144,7 +155,7 @@ def check_metric(metric: str, cfg: ExperimentConfig | None = None, what: str = "
         what: how the caller names the field in messages (``"sweep metric"``, ``"scheduler.time_attr"``).
     """
     known = [*REPORTED_METRICS, *_TUNE_METRICS]
-    uses_bank = cfg is None or (cfg.contrast.enabled and cfg.contrast.memory != "none")
+    uses_bank = cfg is None or bool(cfg.bank_kinds)
     if uses_bank:
         known += BANK_METRICS
     if metric in known:
@@ -165,38 +176,6 @@ def requested_resources(cfg: ExperimentConfig, driver_cpus: float = 0.0) -> dict
     if cfg.train.use_gpu:
         res["GPU"] = float(max(workers, 1))
     return res
-
-
-def local_capacity() -> dict[str, float]:
-    """What a local Ray instance started here would offer (the CPUs and GPUs Ray detects), without
-    starting one."""
-    try:
-        from ray._private.utils import get_num_cpus
-
-        cpus = float(get_num_cpus())  # cgroup / container limits included
-    except Exception:  # pragma: no cover - Ray internals moved
-        import os
-
-        cpus = float(os.cpu_count() or 1)
-    gpus = float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
-    return {"CPU": cpus, "GPU": gpus}
-
-
-def cluster_capacity() -> dict[str, float]:
-    """Resources of the connected cluster: its current total, raised to the autoscaler's maximum
-    when the cluster publishes one (``ray up`` clusters whose GPU workers start on demand)."""
-    import ray
-
-    total = {k: float(v) for k, v in ray.cluster_resources().items()}
-    try:
-        from ray._private.state import state
-
-        maximum = state.get_max_resources_from_cluster_config() or {}
-    except Exception:  # not published (a static cluster, a local instance)
-        maximum = {}
-    for key, value in maximum.items():
-        total[key] = max(total.get(key, 0.0), float(value))
-    return total
 
 
 def check_resources(
@@ -233,6 +212,111 @@ def check_resources(
     return need, have
 
 
+def check_capacity(
+    reports: Sequence[Preflight],
+    address: str | None = None,
+    driver_cpus: float = 0.0,
+    start: bool = False,
+) -> None:
+    """Each report's resources against what the cluster offers (:func:`~raycontrast.train._cluster.
+    capacity`: attaching to ``address`` / ``$RAY_ADDRESS``, starting a local instance when ``start``,
+    else measuring one); fills in ``resources`` and ``cluster``."""
+    available = capacity(address, start=start)
+    for report in reports:
+        report.resources, report.cluster = check_resources(report.config, driver_cpus, available)
+
+
+def check_storage(storage_path: str) -> None:
+    """Under ``ray job submit`` the entrypoint runs in a temporary copy of the working dir: a relative
+    ``storage_path`` would put checkpoints there, where they are deleted with the job."""
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not (
+        storage.is_uri(storage_path) or os.path.isabs(storage_path)
+    ):
+        raise ConfigError(
+            f"storage_path={storage_path!r} is relative, and this runs as a Ray job whose working "
+            f"dir ({os.getcwd()}) is temporary: results would be lost. Pass an absolute path on "
+            "shared storage (NFS) or a URI, e.g. storage_path=s3://bucket/runs"
+        )
+
+
+def check_data(cfg: ExperimentConfig) -> None:
+    """Fail on the driver, before any worker starts, on a missing dataset root or split."""
+    dataset_info(cfg.data)
+    if cfg.data.test_split in (cfg.data.train_split, cfg.data.val_split):
+        raise ConfigError(
+            f"data.test_split={cfg.data.test_split!r} is also the training or validation split; "
+            "the test split must be one no run trains on or selects by (e.g. test), or '' for none"
+        )
+    for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
+        if split:
+            build_dataset(cfg.data, split, train=split == cfg.data.train_split)
+
+
+def check_bank(cfg: ExperimentConfig, num_classes: int) -> None:
+    """Every bank shard must own at least one class: ``bank.shards`` <= the dataset's class count."""
+    if cfg.bank_kinds and cfg.bank.mode == "actor" and cfg.bank.shards > num_classes:
+        raise ConfigError(
+            f"bank.shards={cfg.bank.shards} exceeds the dataset's {num_classes} classes (each shard "
+            f"owns the classes c % shards == s, so some would own none): set bank.shards to at most "
+            f"{num_classes}"
+        )
+
+
+def run_dir_of(cfg: ExperimentConfig) -> str:
+    """``<storage_path>/<name>``, absolute (or a URI)."""
+    return storage.join(storage.resolve(cfg.storage_path), cfg.name)
+
+
+def check_resume(cfg: ExperimentConfig, run_dir: str) -> None:
+    """A rerun resumes the run's latest checkpoint: refuse, before any worker starts, when that
+    checkpoint holds another architecture or class count (local and NFS run dirs).
+
+    The checkpoint is the one Ray Train registered in ``checkpoint_manager_snapshot.json``, which is
+    what it resumes from: a newer directory may hold a checkpoint cut short by an interrupt.
+    """
+    if storage.is_uri(run_dir):
+        return  # checked by the workers when they load it
+    registered = _registered_dir(run_dir)
+    if registered is not None and not (registered / "state.pt").is_file():
+        from raycontrast.models import CheckpointError
+
+        what = "is missing" if not registered.exists() else "has no state.pt"
+        raise CheckpointError(
+            f"{registered}: the checkpoint a rerun of {cfg.name!r} resumes from {what} (registered "
+            f"in {Path(run_dir) / 'checkpoint_manager_snapshot.json'}); restore it, or choose "
+            "another name for a new run"
+        )
+    latest = registered_checkpoint(run_dir)
+    if latest is None:
+        return
+    from raycontrast.models import check_compatible, load_checkpoint
+
+    state = load_checkpoint(latest)
+    check_compatible(
+        state,
+        cfg,
+        dataset_info(cfg.data).num_classes,
+        f"{latest} (rerunning {cfg.name!r} resumes it; choose another name for a new run)",
+    )
+
+
+def _registered_dir(run_dir: str) -> Path | None:
+    """The latest checkpoint directory Ray Train registered for the run in ``run_dir`` (whether or
+    not it still holds a checkpoint), if any."""
+    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+        return Path(run_dir) / latest["checkpoint_dir_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # nothing registered (yet): nothing to resume
+
+
+def registered_checkpoint(run_dir: str) -> Path | None:
+    """The latest checkpoint directory Ray Train registered for the run, if it holds a ``state.pt``."""
+    path = _registered_dir(run_dir)
+    return path if path is not None and (path / "state.pt").exists() else None
+
+
 def preflight(
     cfg: ExperimentConfig,
     metrics: Sequence[tuple[str, str]] = (),
@@ -258,10 +342,8 @@ def preflight(
         ConfigError: (and its subclasses ModelError, CheckpointError) or DatasetError, naming the key
             or file.
     """
-    from raycontrast.data import dataset_info
     from raycontrast.data.check import check_data_files
     from raycontrast.outputs import check_output, check_run_dir
-    from raycontrast.train.launcher import check_data, check_resume, check_storage, run_dir_of
 
     check_storage(cfg.storage_path)
     check_run_dir(cfg.storage_path, cfg.name)
@@ -269,6 +351,7 @@ def preflight(
     check_data(cfg)
     files = check_data_files(cfg.data, seed=cfg.train.seed)
     num_classes = int(dataset_info(cfg.data).num_classes)
+    check_bank(cfg, num_classes)
     parameters = check_model(cfg, num_classes)
     check_resume(cfg, run_dir_of(cfg))
     from raycontrast.train.tracking import check_trackers

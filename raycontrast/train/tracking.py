@@ -2,7 +2,7 @@
 ``log.wandb.project`` (see docs/how-to/tracking.md).
 
 Following Ray Train V2's experiment-tracking guide, rank 0 calls the trackers' own clients from the
-worker (:class:`~raycontrast.train.logger.RunLogger` forwards its rows); the driver reopens the same
+worker (:class:`~raycontrast.train._logger.RunLogger` forwards its rows); the driver reopens the same
 tracked run at the end for the summary and the plots. The tracked run's ids live in
 ``<run dir>/tracking.json``, so a resumed run continues the same tracked run. Sweeps and studies
 open a parent run (:func:`start_group`); every trial sets ``log.group`` and nests under it.
@@ -235,7 +235,7 @@ class WandbTracker:
 
 
 def _warn(message: str) -> None:
-    from raycontrast.train.logger import console
+    from raycontrast.train._logger import console
 
     console(message)
 

@@ -1,8 +1,15 @@
 """Ray Tune sweeps of experiment config keys, and multi-seed studies comparing arms."""
 
-from raycontrast.tune.runner import run_study, run_sweep, summarise_results
 from raycontrast.tune.study import Study, StudyConfig, load_study
-from raycontrast.tune.sweep import SchedulerConfig, Sweep, SweepConfig, load_sweep
+from raycontrast.tune.study_run import run_study
+from raycontrast.tune.sweep import (
+    SchedulerConfig,
+    Sweep,
+    SweepConfig,
+    load_sweep,
+    run_sweep,
+    summarise_results,
+)
 
 __all__ = [
     "SchedulerConfig",

@@ -45,12 +45,14 @@ from raycontrast.config import (
     read_yaml_mapping,
 )
 from raycontrast.outputs import check_run_dir
+from raycontrast.tune._trials import absolute_paths
 
 __all__ = [
     "REPORTED_METRICS",
     "Study",
     "StudyConfig",
-    "absolute_paths",
+    "check_study",
+    "describe_study",
     "format_override",
     "load_study",
 ]
@@ -157,31 +159,6 @@ class Study:
 
     def run_dir(self, cell: Cell) -> str:
         return storage.join(self.root, "runs", f"{self.config.name}_{cell.run_name}")
-
-
-def absolute_paths(cfg: ExperimentConfig, cwd: str) -> ExperimentConfig:
-    """Relative dataset and weight paths made absolute against ``cwd`` (the command's directory).
-
-    Tune runs each trial in its own directory, where ``data.root=data/mri`` would name nothing.
-    """
-    import os
-
-    def fix(path: str) -> str:
-        if not path or storage.is_uri(path) or os.path.isabs(path):
-            return path
-        return os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
-
-    cfg.data.root = fix(cfg.data.root)
-    cfg.data.parquet_dir = fix(cfg.data.parquet_dir)
-    if isinstance(cfg.model.pretrained, str) and cfg.model.pretrained.lower() not in (
-        "",
-        "true",
-        "false",
-        "none",
-        "null",
-    ):
-        cfg.model.pretrained = fix(cfg.model.pretrained)
-    return cfg
 
 
 def format_override(key: str, value: Any) -> str:
@@ -387,3 +364,58 @@ def study_dict(study: Study) -> dict[str, Any]:
         "regimes": {k: v for k, v in study.regimes.items() if k},
         "study_file": str(study.path),
     }
+
+
+def check_study(study: Study, address: str | None = None, cluster: bool = True) -> list[Any]:
+    """Every check of a study before any run starts (``raycontrast study --dry-run`` and
+    :func:`run_study`): each arm x regime experiment's preflight (data, model on the meta device,
+    storage, a rerun's checkpoint, the metric) and one run's resources against the cluster
+    (``address`` / ``$RAY_ADDRESS`` when given, else what a local Ray instance would offer).
+
+    Returns:
+        One :class:`~raycontrast.train.preflight.Preflight` per arm x regime.
+    """
+    from raycontrast.train.preflight import check_capacity, check_storage, preflight
+
+    check_storage(study.config.storage_path)
+    reports = []
+    total = len(study.regimes) * len(study.arms)
+    for regime in study.regimes:
+        for arm in study.arms:
+            where = f"arm {arm!r}" + (f" in regime {regime!r}" if regime else "")
+            print(
+                f"[{study.config.name}] checking {where} ({len(reports) + 1}/{total})", flush=True
+            )
+            try:
+                reports.append(
+                    preflight(
+                        study.run_config(Cell(arm, regime, study.seeds[0])),
+                        metrics=[(study.config.metric, "study metric")],
+                        driver_cpus=study.config.trial_cpus,
+                        cluster=False,
+                    )
+                )
+            except ConfigError as err:
+                raise type(err)(f"{study.path}: {where}: {err}") from None
+    if cluster and reports:
+        check_capacity(reports, address, study.config.trial_cpus)
+    return reports
+
+
+def describe_study(study: Study) -> str:
+    """The plan ``--dry-run`` prints: arms, regimes, seeds, runs and where results go."""
+    lines = [f"study {study.config.name!r}: base {study.base_path}"]
+    for name, over in study.arms.items():
+        ref = " (reference)" if name == study.config.reference else ""
+        text = ", ".join(f"{k}={v}" for k, v in over.items()) or "the base experiment"
+        lines.append(f"  arm {name}{ref}: {text}")
+    for name, over in study.regimes.items():
+        if name:
+            text = ", ".join(f"{k}={v}" for k, v in over.items()) or "no overrides"
+            lines.append(f"  regime {name}: {text}")
+    cells = study.cells()
+    lines.append(
+        f"  seeds {study.seeds}: {len(cells)} runs of {per_run_cpus(study):g} CPUs each; "
+        f"metric {study.config.metric} (final and best), results in {study.results_dir}"
+    )
+    return "\n".join(lines)

@@ -19,7 +19,9 @@ Example sweep file::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,21 @@ from raycontrast.config import (
     load_config,
     param,
     read_yaml_mapping,
+    save_config,
 )
 from raycontrast.outputs import check_run_dir
+from raycontrast.tune._trials import absolute_paths, fit_trials
 
-__all__ = ["SPACE_KINDS", "SchedulerConfig", "Sweep", "SweepConfig", "check_sweep", "load_sweep"]
+__all__ = [
+    "SPACE_KINDS",
+    "SchedulerConfig",
+    "Sweep",
+    "SweepConfig",
+    "check_sweep",
+    "load_sweep",
+    "run_sweep",
+    "summarise_results",
+]
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -243,7 +256,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
 
 def check_sweep(sweep: Sweep, address: str | None = None, cluster: bool = True) -> Any:
     """Every check of a sweep before any trial starts (``raycontrast tune --dry-run`` and
-    :func:`~raycontrast.tune.run_sweep`): the base trial's :func:`~raycontrast.train.preflight.preflight`
+    :func:`run_sweep`): the base trial's :func:`~raycontrast.train.preflight`
     (data, model on the meta device, storage), the metric, and the resources of one trial
     (``trial_cpus`` + its Train workers) against the cluster (``address`` / ``$RAY_ADDRESS`` when
     given, else what a local Ray instance would offer, without starting one).
@@ -251,12 +264,8 @@ def check_sweep(sweep: Sweep, address: str | None = None, cluster: bool = True) 
     Returns:
         The base trial's :class:`~raycontrast.train.preflight.Preflight`.
     """
-    import os
-
-    import ray
-
-    from raycontrast.train.launcher import check_address
-    from raycontrast.train.preflight import check_resources, local_capacity, preflight
+    from raycontrast.train._cluster import check_address
+    from raycontrast.train.preflight import check_capacity, preflight
 
     check_address(address)
     report = preflight(
@@ -266,14 +275,206 @@ def check_sweep(sweep: Sweep, address: str | None = None, cluster: bool = True) 
         cluster=False,
     )
     if cluster:
-        available = None
-        if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-            from raycontrast.train.launcher import connect
-
-            connect(address)
-        else:
-            available = local_capacity()
-        report.resources, report.cluster = check_resources(
-            report.config, sweep.config.trial_cpus, available
-        )
+        check_capacity([report], address, sweep.config.trial_cpus)
     return report
+
+
+def _trial(config: dict[str, Any], sweep: Sweep, cwd: str) -> None:
+    """One sweep trial: its experiment, trained with metrics forwarded to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raycontrast.train import run_training
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = absolute_paths(sweep.trial_config(config, trial_id), cwd)
+    run_training(cfg, callbacks=[TuneReportCallback()])
+
+
+def _scheduler(sweep: Sweep):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = sweep.config.scheduler
+    if s.type == "fifo":
+        return FIFOScheduler()
+    max_t = s.max_t or sweep.trial_config({}, "probe").train.iterations
+    return ASHAScheduler(
+        time_attr=s.time_attr,
+        max_t=max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
+
+
+def run_sweep(
+    path: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = False,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Run (or with ``resume`` continue) the sweep in ``path``; returns the results summary.
+
+    Args:
+        path: sweep YAML.
+        overrides: ``key=value`` overrides of the base experiment, applied to every trial.
+        resume: continue an interrupted sweep (``Tuner.restore``), trials resuming from checkpoints.
+        address: Ray cluster address (default: ``$RAY_ADDRESS``, else a local instance).
+    """
+    from raycontrast.train._cluster import connect
+
+    sweep = load_sweep(path, list(overrides))
+    # trials run in their own directories: relative paths must mean what they meant here
+    sweep.config.storage_path = storage.resolve(sweep.config.storage_path)
+    # address, data, model (meta device), metric and one trial's resources fail here, not in trials
+    check_sweep(sweep, address)
+    connect(address)
+    cfg = sweep.config
+    from raycontrast.train.tracking import finish_group, start_group
+
+    group = start_group(sweep.trial_config({}, "parent"), cfg.name, sweep.root, "sweep")
+    grid = fit_trials(
+        _trial,
+        root=sweep.root,
+        name=cfg.name,
+        storage_path=cfg.storage_path,
+        param_space=sweep.tune_space(),
+        trial_cpus=cfg.trial_cpus,
+        metric=cfg.metric,
+        mode=cfg.mode,
+        max_concurrent_trials=cfg.max_concurrent_trials,
+        max_failures=cfg.max_failures,
+        resume=resume,
+        scheduler=_scheduler(sweep),
+        num_samples=cfg.num_samples,
+        sweep=sweep,
+        cwd=os.getcwd(),
+    )
+    summary = summarise_results(sweep, grid)
+    finish_group(group, storage.join(sweep.root, "results"))
+    return summary
+
+
+def _status(result, iterations: int) -> str:
+    if result.error is not None:
+        return "error"
+    done = (result.metrics or {}).get("iteration", 0)
+    return "completed" if done >= iterations else "stopped early"
+
+
+def summarise_results(sweep: Sweep, grid) -> dict[str, Any]:
+    """Table (console, CSV, Parquet), metric-vs-parameter plots and the best trial's config YAML."""
+    import pandas as pd
+
+    cfg = sweep.config
+    keys = list(sweep.space)
+    rows = []
+    for result in grid:
+        config = result.config or {}
+        trial_id = Path(result.path).name.split("_")[1] if result.path else "?"
+        trial_id = (result.metrics or {}).get("trial_id", trial_id)
+        frame = result.metrics_dataframe
+        values = frame[cfg.metric].dropna() if frame is not None and cfg.metric in frame else []
+        best = (max(values) if cfg.mode == "max" else min(values)) if len(values) else math.nan
+        iterations = sweep.trial_config(
+            {k: config[k] for k in keys if k in config}, trial_id
+        ).train.iterations
+        rows.append(
+            {
+                "trial": trial_id,
+                **{k: config.get(k) for k in keys},
+                f"best_{cfg.metric}": best,
+                "iterations": (result.metrics or {}).get("iteration", 0),
+                "status": _status(result, iterations),
+            }
+        )
+    table = pd.DataFrame(rows)
+    score = f"best_{cfg.metric}"
+    if len(table):
+        table = table.sort_values(score, ascending=cfg.mode == "min", na_position="last")
+    out_dir = storage.join(sweep.root, "results")
+    storage.makedirs(out_dir)
+    storage.write_bytes(storage.join(out_dir, "trials.csv"), table.to_csv(index=False).encode())
+    storage.write_bytes(storage.join(out_dir, "trials.parquet"), table.to_parquet(index=False))
+    print(table.to_string(index=False), flush=True)
+
+    summary: dict[str, Any] = {
+        "sweep": cfg.name,
+        "metric": cfg.metric,
+        "mode": cfg.mode,
+        "trials": len(table),
+    }
+    finite = table[table[score].notna()] if len(table) else table
+    if len(finite):
+        best_row = finite.iloc[0]
+        values = {k: _plain(best_row[k]) for k in keys}
+        best_cfg = sweep.trial_config(values, "best")
+        best_cfg.name = f"{cfg.name}_best"
+        best_cfg.storage_path = sweep.trial_config({}, "probe").storage_path
+        best_path = storage.join(out_dir, "best_config.yaml")
+        if storage.is_uri(best_path):
+            import yaml
+
+            from raycontrast.config import config_to_dict
+
+            storage.write_bytes(
+                best_path, yaml.safe_dump(config_to_dict(best_cfg), sort_keys=False).encode()
+            )
+        else:
+            save_config(best_cfg, best_path)
+        summary.update(
+            best_trial=str(best_row["trial"]),
+            best_value=float(best_row[score]),
+            best_values=values,
+            best_config=best_path,
+        )
+        print(
+            f"best trial {best_row['trial']}: {cfg.metric} {best_row[score]:.4f} with {values}; config: {best_path}",
+            flush=True,
+        )
+    summary["plots"] = _plots(sweep, table, score, out_dir)
+    storage.write_bytes(
+        storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2, default=str).encode()
+    )
+    return summary
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars (for YAML overrides)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _plots(sweep: Sweep, table, score: str, out_dir: str) -> list[str]:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key, spec in sweep.space.items():
+        ((kind, _),) = spec.items()
+        if not len(table):
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = table[key].tolist()
+        ys = table[score].tolist()
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
+            ax.scatter(xs, ys)
+            if kind == "loguniform":
+                ax.set_xscale("log")
+        else:
+            labels = [str(x) for x in xs]
+            ax.scatter(range(len(labels)), ys)
+            ax.set_xticks(range(len(labels)), labels, rotation=30)
+        ax.set_xlabel(key)
+        ax.set_ylabel(score)
+        ax.set_title(f"{sweep.config.name}: {score} vs {key}")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        path = storage.join(out_dir, f"{score}_vs_{key.replace('.', '_')}.png")
+        storage.write_bytes(path, buf.getvalue())
+        written.append(path)
+    return written

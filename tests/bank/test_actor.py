@@ -6,15 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from raycontrast.bank import (
-    ActorSync,
-    assemble_bank,
-    create_bank_actor,
-    make_bank_sync,
+from raycontrast.bank import assemble_bank, create_bank_actor, make_bank_sync
+from raycontrast.bank.actor import (
+    NAMESPACE,
+    object_store_usage,
     shard_actor_name,
     shard_snapshot_uri,
 )
-from raycontrast.bank.actor import NAMESPACE, object_store_usage
+from raycontrast.bank.sync import ActorSync
 from raycontrast.contrast import BankRecords, MemoryBank
 from tests.bank.restart import kill_and_wait_restart
 

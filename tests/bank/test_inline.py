@@ -5,9 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from raycontrast.bank._inline import InlineActorSync as ActorSync
+from raycontrast.bank._inline import create_inline_bank_actor
 from raycontrast.bank._wire import unpack_state
-from raycontrast.bank.inline import InlineActorSync as ActorSync
-from raycontrast.bank.inline import create_inline_bank_actor
 from raycontrast.contrast import BankRecords, MemoryBank
 from tests.bank.restart import kill_and_wait_restart
 

@@ -9,13 +9,12 @@ from hypothesis import strategies as st
 from raycontrast.contrast import (
     MemorySampling,
     _chunking,
-    class_blocks,
     inbatch_contrast_loss,
     memory_contrast_loss,
-    memory_contrast_loss_blocks,
 )
 from raycontrast.contrast import loss as loss_mod
 from raycontrast.contrast import selection as selection_mod
+from raycontrast.contrast.loss import class_blocks, memory_contrast_loss_blocks
 from tests.contrast.reference import dense_contrast_loss
 
 

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raycontrast.contrast import MemorySampling, _chunking, class_blocks
+from raycontrast.contrast import MemorySampling, _chunking
+from raycontrast.contrast.loss import class_blocks
 from raycontrast.contrast.selection import gather_similarity, select_memory_entries
 
 

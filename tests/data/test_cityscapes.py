@@ -3,7 +3,7 @@ import pytest
 
 from raycontrast.config import DataConfig
 from raycontrast.data import DatasetError, build_dataset, dataset_info
-from raycontrast.data.cityscapes import LABEL_ID_TO_TRAIN_ID
+from raycontrast.data._cityscapes import LABEL_ID_TO_TRAIN_ID
 from tests.data.trees import make_cityscapes, write_png
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from raycontrast.data import DatasetError
-from raycontrast.data.io import decode_mask, encode_png, read_image, read_mask
-from raycontrast.data.labels import apply_lut, bit_palette, identity_lut, make_lut
+from raycontrast.data._io import decode_mask, encode_png, read_image, read_mask
+from raycontrast.data._labels import apply_lut, bit_palette, identity_lut, make_lut
 from tests.data.trees import rng_image, write_palette_png, write_png
 
 
@@ -66,7 +66,7 @@ def test_identity_lut_maps_extra_ignore_value():
 
 
 def test_encode_png_is_lossless():
-    from raycontrast.data.io import decode_image
+    from raycontrast.data._io import decode_image
 
     image = rng_image(4)
     np.testing.assert_array_equal(decode_image(encode_png(image), "x"), image)

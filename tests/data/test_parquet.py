@@ -12,11 +12,10 @@ from raycontrast.data import (
     build_dataset,
     convert_dataset,
     dataset_info,
-    decode_batch,
     generate_scene,
-    read_manifest,
     read_parquet_ray,
 )
+from raycontrast.data.parquet import decode_batch, read_manifest
 from tests.data.trees import make_ade20k, make_cityscapes, make_folder, write_png
 
 SYN = ["data.synthetic.num_val=7", "data.synthetic.image_size=[24,32]"]

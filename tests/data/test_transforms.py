@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from raycontrast.config import DataConfig, SyntheticConfig
-from raycontrast.data import build_dataset, build_transforms, sample_rng
+from raycontrast.data import build_dataset, build_transforms
+from raycontrast.data.transforms import sample_rng
 
 H, W = 40, 50
 

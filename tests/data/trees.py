@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from raycontrast.data.labels import bit_palette
+from raycontrast.data._labels import bit_palette
 
 SIZE = (12, 16)  # (height, width) of every fixture image
 

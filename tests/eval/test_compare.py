@@ -6,7 +6,7 @@ from PIL import Image
 
 from raycontrast.cli import main
 from raycontrast.eval.compare import ReportError, compare_runs, load_run, report
-from raycontrast.train.logger import RunLogger
+from raycontrast.train._logger import RunLogger
 
 
 def _run(root, name, classes, losses, evals, final_iou, wall_s=12.5):
@@ -90,7 +90,7 @@ def test_runs_without_summary_use_val_csv(two_runs, tmp_path):
 
 
 def test_report_one_run_rebuilds_its_plots(two_runs, tmp_path, capsys):
-    from raycontrast.eval.visualize import write_confusion
+    from raycontrast.eval._visualize import write_confusion
 
     a, _ = two_runs
     write_confusion([[5, 1, 0], [0, 3, 1], [0, 0, 2]], ["road", "car", "sky"], a)

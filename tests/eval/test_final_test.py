@@ -54,7 +54,7 @@ def test_a_test_split_that_is_also_trained_on_or_selected_by_is_refused():
     import pytest
 
     from raycontrast.config import ConfigError, load_config
-    from raycontrast.train.launcher import check_data
+    from raycontrast.train.preflight import check_data
 
     for split in ("val", "train"):
         cfg = load_config(None, [f"data.test_split={split}"])

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from raycontrast.eval import infer, slide_windows
+from raycontrast.eval import infer
+from raycontrast.eval.inference import slide_windows
 
 K = 3
 

@@ -1,6 +1,7 @@
 import math
 
-from raycontrast.eval import SegMetrics, format_summary, format_table
+from raycontrast.eval import SegMetrics, format_table
+from raycontrast.eval.report import format_summary
 
 
 def test_table_shows_percent_and_dashes():

@@ -5,7 +5,7 @@ from PIL import Image
 from torch import nn
 
 from raycontrast.config import EvalConfig
-from raycontrast.eval.visualize import (
+from raycontrast.eval._visualize import (
     ERROR_COLOR,
     IGNORE_COLOR,
     ValSamples,
@@ -91,7 +91,7 @@ def test_palette_png_holds_class_ids_and_dataset_colours(tmp_path):
 
 def test_palettes_of_known_datasets_and_fallback():
     from raycontrast.data import SYNTHETIC_CLASSES
-    from raycontrast.data.labels import bit_palette
+    from raycontrast.data._labels import bit_palette
     from raycontrast.data.synthetic import SYNTHETIC_PALETTE
 
     assert palette_for_classes(SYNTHETIC_CLASSES) == list(SYNTHETIC_PALETTE)
@@ -191,7 +191,7 @@ def test_normalized_confusion_rows():
 
 
 def test_write_confusion_saves_counts_and_heatmap(tmp_path):
-    from raycontrast.train.logger import write_plots
+    from raycontrast.eval._plots import write_plots
 
     conf = torch.tensor([[5, 1], [2, 7]])
     png = write_confusion(conf, ["road", "car"], tmp_path)
@@ -206,7 +206,7 @@ def test_write_confusion_saves_counts_and_heatmap(tmp_path):
 def test_grid_reaches_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from raycontrast.train.logger import RunLogger
+    from raycontrast.train._logger import RunLogger
 
     grid = sample_grid([np.zeros((8, 8, 3), np.uint8)], [np.zeros((8, 8), int)],
                        [np.ones((8, 8), int)], PALETTE, height=8)  # fmt: skip

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from raycontrast.models import ModelError, build_head
-from raycontrast.models.heads import DeepLabV3Head, FCNHead, FPNHead, aspp_rates
+from raycontrast.models.heads import DeepLabV3Head, FCNHead, FPNHead
+from raycontrast.models.heads.aspp import aspp_rates
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@ import pytest
 import timm
 import torch
 
-from raycontrast.models import ModelError, build_segmentor, load_pretrained_backbone
+from raycontrast.models import ModelError, build_segmentor
+from raycontrast.models._pretrained import load_pretrained_backbone
 from raycontrast.models.backbone import create_backbone
 from tests.models.conftest import tiny_model
 

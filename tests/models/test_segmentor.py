@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from raycontrast.models import ModelError, Segmentor, build_segmentor, deploy_model
+from raycontrast.models import ModelError, Segmentor, build_segmentor
+from raycontrast.models.segmentor import deploy_model
 from tests.models.conftest import BACKBONES, tiny_model
 
 K = 5

@@ -1,7 +1,8 @@
 import torch
 from timm.layers.norm_act import BatchNormAct2d
 
-from raycontrast.models import build_segmentor, convert_sync_batchnorm
+from raycontrast.models import build_segmentor
+from raycontrast.models._sync_bn import convert_sync_batchnorm
 from tests.models.conftest import tiny_model
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from raycontrast.config import ContrastConfig, load_config
 from raycontrast.contrast import MemoryBank, PixelContrastLoss, select_records
 from raycontrast.models import build_segmentor
+from raycontrast.train._losses import step_losses
 from raycontrast.train.loop import Trainer
-from raycontrast.train.losses import step_losses
 from tests.train.conftest import TINY
 
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from raycontrast.contrast import BankRecords, MemoryBank
 from raycontrast.contrast.health import KINDS, bank_health, sample_bank
-from raycontrast.train.bank_plots import bank_health_figure, bank_map_figure
-from raycontrast.train.logger import RunLogger
+from raycontrast.train._bank_plots import bank_health_figure, bank_map_figure
+from raycontrast.train._logger import RunLogger
 
 NAMES = ["road", "car", "sky", "tree"]
 

@@ -81,8 +81,8 @@ def test_ranks_absent_from_the_checkpoint_get_streams_of_their_own():
     """A run that grew: a rank in the checkpoint continues its saved streams; every rank absent from
     it gets fresh ones (global and sampling), different from each other, from the saved ones, from
     the run's initial ones and from those of other resume points (later resizes)."""
+    from raycontrast.train._state import get_rng_state, seed_everything
     from raycontrast.train.loop import Trainer, _stream_seed
-    from raycontrast.train.state import get_rng_state, seed_everything
 
     def draws(rank: int, states: list, start: int) -> tuple[tuple[float, ...], ...]:
         trainer = SimpleNamespace(
@@ -146,7 +146,7 @@ def _plain_bank(steps: list[tuple[int, int]]) -> MemoryBank:
 
 def _group(head, world: int, state, version: int, keep_live: bool = True):
     """A worker group of ``world`` simulated ranks (threads) started at ``version``."""
-    from raycontrast.bank import ActorSync
+    from raycontrast.bank.sync import ActorSync
 
     syncs = [ActorSync(MemoryBank(**SPEC), head, r, timeout_s=60) for r in range(world)]
     for s in syncs:  # rank 0 first: in training a barrier orders its adopt before the others
@@ -181,8 +181,8 @@ def _authoritative(head) -> MemoryBank:
 def test_bank_shards_adopt_each_worker_group_and_keep_the_live_bank(ray_session, tmp_path):
     import ray
 
-    from raycontrast.bank import create_bank_actor, shard_actor_name, shard_snapshot_uri
-    from raycontrast.bank.actor import NAMESPACE
+    from raycontrast.bank import create_bank_actor
+    from raycontrast.bank.actor import NAMESPACE, shard_actor_name, shard_snapshot_uri
 
     snapshot = str(tmp_path / "snapshot.pt")
     head = create_bank_actor("t-elastic", SPEC, 2, snapshot, shards=2)
@@ -346,7 +346,7 @@ def test_elastic_run_loses_a_worker_and_a_node_keeps_its_bank_and_grows_back(
     from raycontrast.bank.actor import NAMESPACE
     from raycontrast.models import load_checkpoint
     from raycontrast.train import run_training
-    from raycontrast.train.elastic import worker_groups
+    from raycontrast.train._elastic import worker_groups
     from raycontrast.train.launcher import _registered_iteration
 
     cluster, _head, workers, add_worker = elastic_cluster

@@ -169,7 +169,7 @@ def test_a_data_error_in_a_worker_is_not_retried(ray_session, capsys, tmp_path):
     """A mask corrupt past its header, not among the sampled files, fails inside the worker: the run
     stops at the first attempt (one worker group) with the file named, though max_failures=2."""
     from raycontrast.config import DEFAULT_EXPERIMENT
-    from raycontrast.train.elastic import worker_groups
+    from raycontrast.train._elastic import worker_groups
     from tests.train.conftest import TINY
 
     root = tmp_path / "D"

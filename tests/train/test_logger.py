@@ -3,7 +3,8 @@
 import json
 import time
 
-from raycontrast.train.logger import WALL_FILE, RunLogger, write_plots
+from raycontrast.eval._plots import write_plots
+from raycontrast.train._logger import WALL_FILE, RunLogger
 
 NAMES = ["a", "b"]
 VAL = {"mIoU": 0.5, "mAcc": 0.5, "aAcc": 0.5, "fwIoU": 0.5, "IoU": [0.5, 0.5]}

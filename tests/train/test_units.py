@@ -8,11 +8,11 @@ import torch
 from raycontrast.config import load_config
 from raycontrast.contrast import MemoryBank, PixelContrastLoss
 from raycontrast.models import build_segmentor
-from raycontrast.train.data import ShardSampler, steps_per_epoch
-from raycontrast.train.debug import DebugHooks, poison_contrast
-from raycontrast.train.logger import RunLogger, format_eta
+from raycontrast.train._data import ShardSampler, steps_per_epoch
+from raycontrast.train._debug import DebugHooks, poison_contrast
+from raycontrast.train._logger import RunLogger, format_eta
+from raycontrast.train._losses import cross_entropy, step_losses
 from raycontrast.train.loop import _has_unused_parameters, _poly
-from raycontrast.train.losses import cross_entropy, step_losses
 from tests.train.conftest import TINY
 
 
@@ -143,7 +143,7 @@ def test_resume_check_reads_the_registered_checkpoint_not_a_newer_partial_one(tm
 
     from raycontrast.config import config_to_dict
     from raycontrast.models import CheckpointError, save_checkpoint
-    from raycontrast.train.launcher import check_resume
+    from raycontrast.train.preflight import check_resume
 
     cfg = load_config("experiments/synthetic.yaml", TINY)
     run_dir = tmp_path / "run"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from raycontrast.tune.stats import (
+from raycontrast.tune._stats import (
     bootstrap_paired_miou,
     holm,
     miou_of_counts,

@@ -11,9 +11,9 @@ import yaml
 
 from raycontrast.config import ConfigError
 from raycontrast.tune import load_study, run_study
-from raycontrast.tune.runner import finished
+from raycontrast.tune._study_results import write_results
 from raycontrast.tune.study import Cell
-from raycontrast.tune.study_results import write_results
+from raycontrast.tune.study_run import finished
 from tests.train.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,7 +216,7 @@ def test_test_split_analysis_holm_wilcoxon_and_bootstrap_over_test_images(write_
     import numpy as np
 
     from raycontrast.eval.final_test import write_final_test
-    from raycontrast.tune.stats import bootstrap_paired_miou, holm
+    from raycontrast.tune._stats import bootstrap_paired_miou, holm
 
     seeds = [0, 1, 2, 3, 4, 5]
     over = [*TINY, "train.num_workers=1", "train.cpus_per_worker=0.75", "train.batch_size=2",

@@ -85,7 +85,7 @@ def test_command_line_name_and_storage_path_apply_to_the_sweep(write_sweep, tmp_
 
 
 def test_relative_storage_is_refused_inside_a_ray_job(monkeypatch):
-    from raycontrast.train.launcher import check_storage
+    from raycontrast.train.preflight import check_storage
 
     check_storage("runs")  # fine outside a job
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")

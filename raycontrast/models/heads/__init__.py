@@ -5,25 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from raycontrast.models.errors import ModelError
-from raycontrast.models.heads.aspp import ASPP, DeepLabV3Head, aspp_rates
-from raycontrast.models.heads.common import ConvBNReLU, concat_levels, resize
+from raycontrast.models.heads.aspp import DeepLabV3Head
 from raycontrast.models.heads.fcn import FCNHead
 from raycontrast.models.heads.fpn import FPNHead
 
-__all__ = [
-    "ASPP",
-    "HEADS",
-    "ConvBNReLU",
-    "DeepLabV3Head",
-    "FCNHead",
-    "FPNHead",
-    "aspp_rates",
-    "build_head",
-    "concat_levels",
-    "resize",
-]
+__all__ = ["HEADS", "DeepLabV3Head", "FCNHead", "FPNHead", "build_head"]
 
-HEADS = ("fcn", "deeplabv3", "fpn")
+HEADS: dict[str, type[nn.Module]] = {"fcn": FCNHead, "deeplabv3": DeepLabV3Head, "fpn": FPNHead}
+"""Decode heads by ``model.head`` name; each builds from a backbone's levels with ``from_levels``."""
 
 
 def build_head(
@@ -51,15 +40,8 @@ def build_head(
     Example:
         >>> head = build_head("deeplabv3", [64, 128, 256, 512], [4, 8, 8, 8], 256, 19)
     """
-    if head_input not in ("last", "concat"):
-        raise ModelError(f"model.head_input={head_input!r} is not one of: last, concat")
-    concat = head_input == "concat"
-    c_in = sum(in_channels) if concat else in_channels[-1]
-    stride = reductions[0] if concat else reductions[-1]
-    if name == "fcn":
-        return FCNHead(c_in, channels, num_classes, num_convs=2, dropout=dropout, concat=concat)
-    if name == "deeplabv3":
-        return DeepLabV3Head(c_in, channels, num_classes, stride, dropout, concat=concat)
-    if name == "fpn":
-        return FPNHead(in_channels, channels, num_classes, dropout)
-    raise ModelError(f"model.head={name!r} is not one of: {', '.join(HEADS)}")
+    if name not in HEADS:
+        raise ModelError(f"model.head={name!r} is not one of: {', '.join(HEADS)}")
+    return HEADS[name].from_levels(
+        in_channels, reductions, channels, num_classes, dropout=dropout, head_input=head_input
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raycontrast.models.heads.common import ConvBNReLU, concat_levels, resize
+from raycontrast.models.heads._common import ConvBNReLU, concat_levels, levels_read, resize
 
 __all__ = ["ASPP", "DeepLabV3Head", "aspp_rates"]
 
@@ -88,6 +88,21 @@ class DeepLabV3Head(nn.Module):
         self.conv = ConvBNReLU(channels, channels)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    @classmethod
+    def from_levels(
+        cls,
+        in_channels: list[int],
+        reductions: list[int],
+        channels: int,
+        num_classes: int,
+        dropout: float = 0.1,
+        head_input: str = "last",
+    ) -> DeepLabV3Head:
+        """The head on a backbone's levels (channels and stride of each): the constructor contract
+        every head shares (see :func:`~raycontrast.models.heads.build_head`)."""
+        c_in, stride, concat = levels_read(in_channels, reductions, head_input)
+        return cls(c_in, channels, num_classes, stride, dropout, concat=concat)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         """Logits ``(B, K, h, w)`` at the last (or, with concat, the finest) level's resolution."""

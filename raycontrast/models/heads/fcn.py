@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from raycontrast.models.heads.common import ConvBNReLU, concat_levels
+from raycontrast.models.heads._common import ConvBNReLU, concat_levels, levels_read
 
 __all__ = ["FCNHead"]
 
@@ -47,6 +47,21 @@ class FCNHead(nn.Module):
         self.convs = nn.Sequential(*blocks)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels if num_convs else in_channels, num_classes, 1)
+
+    @classmethod
+    def from_levels(
+        cls,
+        in_channels: list[int],
+        reductions: list[int],
+        channels: int,
+        num_classes: int,
+        dropout: float = 0.1,
+        head_input: str = "last",
+    ) -> FCNHead:
+        """The head on a backbone's levels (channels and stride of each): the constructor contract
+        every head shares (see :func:`~raycontrast.models.heads.build_head`)."""
+        c_in, _, concat = levels_read(in_channels, reductions, head_input)
+        return cls(c_in, channels, num_classes, num_convs=2, dropout=dropout, concat=concat)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         """Logits ``(B, K, h, w)`` at the resolution of the level it reads (the finest if concat)."""

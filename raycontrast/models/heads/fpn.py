@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raycontrast.models.heads.common import ConvBNReLU, resize
+from raycontrast.models.heads._common import ConvBNReLU, levels_read, resize
 
 __all__ = ["FPNHead"]
 
@@ -38,6 +38,23 @@ class FPNHead(nn.Module):
         self.fuse = ConvBNReLU(channels * len(in_channels), channels)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    @classmethod
+    def from_levels(
+        cls,
+        in_channels: list[int],
+        reductions: list[int],
+        channels: int,
+        num_classes: int,
+        dropout: float = 0.1,
+        head_input: str = "last",
+    ) -> FPNHead:
+        """The head on a backbone's levels (channels and stride of each): the constructor contract
+        every head shares (see :func:`~raycontrast.models.heads.build_head`)."""
+        levels_read(
+            in_channels, reductions, head_input
+        )  # all levels, whatever it reads: checked only
+        return cls(in_channels, channels, num_classes, dropout)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         """Logits ``(B, K, h, w)`` at the finest level's resolution."""

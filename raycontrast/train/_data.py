@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from raycontrast.config import ExperimentConfig
-from raycontrast.data import build_dataset, build_transforms, sample_rng
+from raycontrast.data import build_dataset, build_transforms
+from raycontrast.data.transforms import sample_rng
 
 __all__ = ["ShardSampler", "steps_per_epoch", "train_batches", "val_shard"]
 

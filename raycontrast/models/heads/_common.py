@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvBNReLU", "concat_levels", "resize"]
+from raycontrast.models.errors import ModelError
+
+__all__ = ["HEAD_INPUTS", "ConvBNReLU", "concat_levels", "levels_read", "resize"]
+
+HEAD_INPUTS = ("last", "concat")
+"""What a single-level head reads: the last level, or all levels concatenated (``model.head_input``)."""
 
 
 class ConvBNReLU(nn.Sequential):
@@ -49,3 +54,15 @@ def concat_levels(feats: list[Tensor]) -> Tensor:
     for f in feats:
         outs.append(f if f.shape[-2:] == feats[0].shape[-2:] else resize(f, size))
     return torch.cat(outs, dim=1)
+
+
+def levels_read(
+    in_channels: list[int], reductions: list[int], head_input: str
+) -> tuple[int, int, bool]:
+    """``(channels, stride, concat)`` of what a single-level head reads from a backbone's levels:
+    the last level, or (``concat``) all levels upsampled to the finest and concatenated."""
+    if head_input not in HEAD_INPUTS:
+        raise ModelError(f"model.head_input={head_input!r} is not one of: {', '.join(HEAD_INPUTS)}")
+    if head_input == "concat":
+        return sum(in_channels), reductions[0], True
+    return in_channels[-1], reductions[-1], False

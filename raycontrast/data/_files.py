@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from raycontrast.data._io import check_same_size, decode_image, read_bytes, read_mask
+from raycontrast.data._labels import apply_lut
 from raycontrast.data.base import DatasetError, RawSample
-from raycontrast.data.io import check_same_size, decode_image, read_bytes, read_mask
-from raycontrast.data.labels import apply_lut
 
 __all__ = ["FileSource", "SamplePair", "require_dir"]
 

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from raycontrast import storage
+from raycontrast.eval._plots import read_rows
 
-__all__ = ["TRAIN_FIELDS", "RunLogger", "console", "format_eta", "write_plots"]
+__all__ = ["TRAIN_FIELDS", "RunLogger", "console", "format_eta"]
 
 TRAIN_FIELDS = [
     "iteration",
@@ -179,7 +180,7 @@ class RunLogger:
 
     def val_samples(self, iteration: int, grid: Any) -> None:
         """Add a validation sample grid (``uint8`` HxWx3, as returned by
-        :func:`raycontrast.eval.visualize.write_val_samples`) to TensorBoard as ``val/samples``."""
+        :func:`raycontrast.eval._visualize.write_val_samples`) to TensorBoard as ``val/samples``."""
         self.tb.add_image("val/samples", grid, iteration, dataformats="HWC")
 
     def bank(self, iteration: int, health: dict[str, float], sample=None) -> None:
@@ -187,7 +188,7 @@ class RunLogger:
         ``bank.csv`` row, TensorBoard scalars under its keys, a console line, ``plots/bank_health.png``
         redrawn from ``bank.csv`` and, given a :class:`~raycontrast.contrast.health.BankSample`,
         ``plots/bank_map_<iteration>.png``. ``last_bank`` keeps the row for the run summary."""
-        from raycontrast.train.bank_plots import plot_bank_health, plot_bank_map
+        from raycontrast.train._bank_plots import plot_bank_health, plot_bank_map
 
         row = {"iteration": iteration, **health}
         self._append("bank.csv", list(row), row)
@@ -212,7 +213,7 @@ class RunLogger:
         console(f"[{self.name}] bank at it {iteration}: " + " | ".join(parts))
         plots = self.local / "plots"
         plot_bank_health(
-            _read_csv(self.local / "bank.csv"), self.class_names, plots / "bank_health.png"
+            read_rows(self.local / "bank.csv"), self.class_names, plots / "bank_health.png"
         )
         if sample is not None:
             plot_bank_map(
@@ -247,85 +248,3 @@ def _read_segments(path: Path) -> list[list[float]]:
         return [list(seg) for seg in json.loads(path.read_text())]
     except (OSError, ValueError, TypeError):
         return []
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _num(value: str | None) -> float:
-    try:
-        return float(value) if value not in (None, "") else math.nan
-    except ValueError:
-        return math.nan
-
-
-def write_plots(
-    run_dir: Path, class_names, per_class_iou, out_dir: Path | None = None
-) -> list[Path]:
-    """Loss and mIoU curves, the final per-class IoU and (when the run saved ``confusion.csv``) the
-    confusion heatmap, as PNGs in ``out_dir`` (default ``run_dir/plots``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    train = _read_csv(run_dir / "metrics.csv")
-    if train:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        its = [_num(r["iteration"]) for r in train]
-        labels = {
-            "loss": "loss (total, weighted)",
-            "ce": "ce",
-            "contrast": "contrast (unweighted; total adds contrast.loss_weight x this)",
-        }
-        for key, label in labels.items():
-            ax.plot(its, [_num(r.get(key)) for r in train], label=label)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        ax.set_title("training loss")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "loss.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "loss.png")
-    val = _read_csv(run_dir / "val.csv")
-    if val:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(
-            [_num(r["iteration"]) for r in val], [100 * _num(r["mIoU"]) for r in val], marker="o"
-        )
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("mIoU (%)")
-        ax.set_title("validation mIoU")
-        fig.tight_layout()
-        fig.savefig(out / "miou.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "miou.png")
-    if per_class_iou:
-        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(class_names)), 4))
-        values = [100 * (v if v is not None and math.isfinite(v) else 0.0) for v in per_class_iou]
-        ax.bar(range(len(values)), values)
-        ax.set_xticks(range(len(values)), class_names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel("IoU (%)")
-        ax.set_title("per-class IoU (final)")
-        fig.tight_layout()
-        fig.savefig(out / "per_class_iou.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "per_class_iou.png")
-    if (run_dir / "confusion.csv").is_file():
-        from raycontrast.eval.visualize import confusion_figure, read_confusion
-
-        counts, names = read_confusion(run_dir / "confusion.csv")
-        fig = confusion_figure(counts, names)
-        fig.savefig(out / "confusion.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "confusion.png")
-    return written

@@ -12,8 +12,8 @@ import signal
 
 from raycontrast import storage
 from raycontrast.config import DebugConfig
-from raycontrast.train.logger import console
-from raycontrast.train.losses import StepLosses
+from raycontrast.train._logger import console
+from raycontrast.train._losses import StepLosses
 
 __all__ = ["DebugHooks"]
 

@@ -21,7 +21,7 @@ import yaml
 
 from raycontrast import storage
 from raycontrast.eval.compare import ReportError, RunRecord, compare_runs, load_run
-from raycontrast.tune.stats import (
+from raycontrast.tune._stats import (
     bootstrap_paired_miou,
     holm,
     paired_difference,
@@ -543,7 +543,7 @@ def _plot_curves(study: Study, out: str) -> str:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from raycontrast.tune.stats import summarize as summ
+    from raycontrast.tune._stats import summarize as summ
 
     cfg = study.config
     m = cfg.metric

@@ -115,7 +115,7 @@ class LineProgress:
             return text + f" in {elapsed:.1f}s"
         text += f", {rate:.3g} {self.unit}/s"
         if self.total and rate > 0:
-            from raycontrast.train.logger import format_eta
+            from raycontrast.train._logger import format_eta
 
             text += f", ETA {format_eta((self.total - self.n) / rate)}"
         return text

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from raycontrast.config import DataConfig
+from raycontrast.data._files import FileSource, SamplePair, missing_mask, require_dir
+from raycontrast.data._labels import identity_lut, make_lut
 from raycontrast.data.base import STORED_IGNORE, DatasetError, DatasetInfo
-from raycontrast.data.files import FileSource, SamplePair, missing_mask, require_dir
-from raycontrast.data.labels import identity_lut, make_lut
 
 __all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "LABEL_ID_TO_TRAIN_ID", "info", "source"]
 

@@ -58,7 +58,7 @@ _TEXT = (235, 235, 235)
 
 
 def _bit_palette(n: int) -> list[Color]:
-    from raycontrast.data.labels import bit_palette
+    from raycontrast.data._labels import bit_palette
 
     return bit_palette(n)
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from raycontrast.config import DataConfig
+from raycontrast.data._files import FileSource, SamplePair, missing_mask, require_dir
+from raycontrast.data._io import IMAGE_EXTENSIONS
+from raycontrast.data._labels import bit_palette, identity_lut
 from raycontrast.data.base import STORED_IGNORE, DatasetError, DatasetInfo
-from raycontrast.data.files import FileSource, SamplePair, missing_mask, require_dir
-from raycontrast.data.io import IMAGE_EXTENSIONS
-from raycontrast.data.labels import bit_palette, identity_lut
 
 __all__ = ["class_names", "find_split_dirs", "info", "source"]
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from raycontrast.config import DataConfig
+from raycontrast.data._files import FileSource, SamplePair, missing_mask, require_dir
+from raycontrast.data._labels import bit_palette, identity_lut
 from raycontrast.data.base import DatasetError, DatasetInfo
-from raycontrast.data.files import FileSource, SamplePair, missing_mask, require_dir
-from raycontrast.data.labels import bit_palette, identity_lut
 
 __all__ = ["VOC_CLASSES", "find_voc_root", "info", "source"]
 

@@ -1,0 +1,100 @@
+"""Tune plumbing shared by sweeps and studies: one trial layout, trial resources, retries, resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raycontrast import storage
+from raycontrast.config import ExperimentConfig
+
+__all__ = ["absolute_paths", "concurrency", "fit_trials"]
+
+
+def concurrency(requested: int, cpus_per_trial: float) -> int:
+    """``requested`` trials at once, or (0) as many as the cluster's CPUs fit, at least one.
+
+    ``cpus_per_trial`` counts the trial's driver and its Train workers: Tune reserves only the
+    driver's share, so without this bound it would start trials whose workers cannot be placed.
+    """
+    if requested > 0:
+        return requested
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(1, int(total // cpus_per_trial + 1e-9)) if cpus_per_trial > 0 else 1
+
+
+def fit_trials(
+    fn,
+    *,
+    root: str,
+    name: str,
+    storage_path: str,
+    param_space: dict[str, Any],
+    trial_cpus: float,
+    metric: str,
+    mode: str,
+    max_concurrent_trials: int,
+    max_failures: int,
+    resume: bool,
+    scheduler=None,
+    num_samples: int = 1,
+    **params: Any,
+):
+    """Run ``fn(config, **params)`` as Tune trials (or, with ``resume``, continue them); the grid.
+
+    Shared by sweeps and studies: one layout (``<storage_path>/<name>/``, Tune's experiment state,
+    trial runs under ``runs/``), trial resources (``trial_cpus`` for the trial's driver; its Train
+    workers request their own), retries (``max_failures``, a retried trial resumes from its own
+    checkpoint) and ``Tuner.restore`` for an interrupted run.
+    """
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(fn, **params), {"cpu": trial_cpus})
+    if resume:
+        if not storage.exists(root):
+            raise FileNotFoundError(f"nothing to resume: no {name!r} at {root}")
+        tuner = tune.Tuner.restore(root, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage.resolve(storage_path),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+            ),
+        )
+    return tuner.fit()
+
+
+def absolute_paths(cfg: ExperimentConfig, cwd: str) -> ExperimentConfig:
+    """Relative dataset and weight paths made absolute against ``cwd`` (the command's directory).
+
+    Tune runs each trial in its own directory, where ``data.root=data/mri`` would name nothing.
+    """
+    import os
+
+    def fix(path: str) -> str:
+        if not path or storage.is_uri(path) or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
+
+    cfg.data.root = fix(cfg.data.root)
+    cfg.data.parquet_dir = fix(cfg.data.parquet_dir)
+    if isinstance(cfg.model.pretrained, str) and cfg.model.pretrained.lower() not in (
+        "",
+        "true",
+        "false",
+        "none",
+        "null",
+    ):
+        cfg.model.pretrained = fix(cfg.model.pretrained)
+    return cfg

@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what static readers (type checkers, the API reference) see; loaded lazily below
+    from raycontrast.config import load_config
+    from raycontrast.eval import predict, run_eval
+    from raycontrast.models import build_segmentor
+    from raycontrast.train import run_training
+    from raycontrast.tune import run_study, run_sweep
 
 try:
     __version__ = version("raycontrast")
@@ -34,7 +41,16 @@ _ENTRY_POINTS = {
     "build_segmentor": "raycontrast.models",
 }
 
-__all__ = ["__version__", *_ENTRY_POINTS]
+__all__ = [
+    "__version__",
+    "build_segmentor",
+    "load_config",
+    "predict",
+    "run_eval",
+    "run_study",
+    "run_sweep",
+    "run_training",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,7 @@ forces the bar on.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -115,8 +116,6 @@ class LineProgress:
             return text + f" in {elapsed:.1f}s"
         text += f", {rate:.3g} {self.unit}/s"
         if self.total and rate > 0:
-            from raycontrast.train._logger import format_eta
-
             text += f", ETA {format_eta((self.total - self.n) / rate)}"
         return text
 
@@ -145,3 +144,13 @@ class LineProgress:
         if self.n:
             self.lines += 1
             self.write(self._line(final=True))
+
+
+def format_eta(seconds: float) -> str:
+    """``1h02m`` / ``3m05s`` / ``42s`` (``?`` when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

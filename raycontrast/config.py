@@ -30,7 +30,7 @@ from typing import Any, Union
 import yaml
 
 from raycontrast import yaml_strict
-from raycontrast.errors import UserError
+from raycontrast.errors import ConfigError
 
 __all__ = [
     "MEMORY_KINDS",
@@ -67,10 +67,6 @@ def default_experiment() -> Path:
 
 
 DEFAULT_EXPERIMENT = str(default_experiment())
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration file, key or value is invalid; the message says which and what is expected."""
 
 
 def param(
@@ -478,6 +474,19 @@ class ExperimentConfig:
         """The memory bank queues this run keeps; empty when it has no bank (the one place that
         decides whether a run uses a bank)."""
         return MEMORY_KINDS[self.contrast.memory] if self.contrast.enabled else ()
+
+    def input_paths(self) -> dict[str, str | None]:
+        """What a run reads from disk, by config key (the dataset, the pretrained weights): no
+        command may write into, over or around any of them."""
+        data = self.data
+        inputs: dict[str, str | None] = {}
+        if data.source == "parquet":
+            inputs["data.parquet_dir"] = data.parquet_dir
+        elif data.dataset != "synthetic":
+            inputs["data.root"] = data.root
+        if isinstance(self.model.pretrained, str):
+            inputs["model.pretrained"] = self.model.pretrained
+        return inputs
 
 
 def check_consistency(cfg: ExperimentConfig) -> None:

@@ -8,12 +8,16 @@ and :class:`~raycontrast.data.DatasetError` are user errors.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "is_user_error"]
+__all__ = ["ConfigError", "UserError", "is_user_error"]
 
 
 class UserError(Exception):
     """A mistake in what the user passed in; retrying cannot fix it. The message names the file, key
     or value and what was expected."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration file, key or value is invalid; the message says which and what is expected."""
 
 
 def is_user_error(exc: BaseException | None) -> bool:

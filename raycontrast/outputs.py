@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from raycontrast.config import ConfigError
+from raycontrast.errors import ConfigError
 
 __all__ = [
     "OutputError",

@@ -62,7 +62,7 @@ def _home(pkg: str, name: str) -> str:
 
 
 def _referenced() -> set[str]:
-    pages = sorted((ROOT / "docs" / "reference").glob("*.md"))
+    pages = sorted((ROOT / "docs" / "reference").rglob("*.md"))
     assert pages, "docs/reference/ has no page"
     text = "\n".join(p.read_text() for p in pages)
     return set(re.findall(r"^:::\s*(raycontrast(?:\.\w+)*)\s*$", text, re.M))

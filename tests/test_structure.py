@@ -13,8 +13,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "raycontrast"
 
 FLOORS = {
+    # beneath the ground: the error types and the strict YAML reader the configuration stands on
+    "errors": -1,
+    "yaml_strict": -1,
     # the ground: configuration and helpers everything may use
     "config": 0,
+    "outputs": 0,
+    "console": 0,
     "storage": 0,
     "_distributed": 0,
     "_progress": 0,

@@ -8,8 +8,9 @@ travel (``_wire``) is internal.
 """
 
 from raycontrast.bank.actor import BankActor, bank_actor_name, create_bank_actor
+from raycontrast.bank.factory import make_bank_sync
 from raycontrast.bank.shards import assemble_bank, shard_classes
-from raycontrast.bank.sync import BANK_SYNCS, BankSync, make_bank_sync
+from raycontrast.bank.sync import BANK_SYNCS, BankSync
 
 __all__ = [
     "BANK_SYNCS",

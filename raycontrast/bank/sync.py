@@ -36,7 +36,7 @@ from raycontrast.bank.groups import gather_records
 from raycontrast.bank.shards import shard_classes
 from raycontrast.contrast import BankRecords, MemoryBank
 
-__all__ = ["BANK_SYNCS", "ActorSync", "AllGatherSync", "BankSync", "LocalSync", "make_bank_sync"]
+__all__ = ["BANK_SYNCS", "ActorSync", "AllGatherSync", "BankSync", "LocalSync"]
 
 
 class BankSync:
@@ -300,33 +300,3 @@ BANK_SYNCS: dict[str, type[BankSync]] = {
     "local": LocalSync,
 }
 """Bank sync strategies by ``bank.mode`` name."""
-
-
-def make_bank_sync(
-    mode: str,
-    replica: MemoryBank,
-    rank: int = 0,
-    actor: ray.actor.ActorHandle | None = None,
-    overlap: bool = False,
-    timeout_s: float = 600.0,
-    data_plane: str = "object_store",
-    max_in_flight: int = 8,
-) -> BankSync:
-    """The sync strategy for ``bank.mode`` (one of :data:`BANK_SYNCS`; for ``actor``, ``bank.data_plane``)."""
-    if mode not in BANK_SYNCS:
-        raise ValueError(f"bank.mode must be one of {', '.join(BANK_SYNCS)}, got {mode!r}")
-    if mode != "actor":
-        return BANK_SYNCS[mode](replica)
-    if actor is None:
-        raise ValueError("bank.mode=actor needs the run's bank actor handle")
-    if data_plane == "collective":
-        if overlap:
-            raise ValueError("bank.overlap=true applies to bank.data_plane=object_store")
-        from raycontrast.bank.collective import CollectiveSync
-
-        return CollectiveSync(
-            replica, actor, rank, timeout_s=timeout_s, max_in_flight=max_in_flight
-        )
-    if data_plane != "object_store":
-        raise ValueError(f"bank.data_plane must be collective or object_store, got {data_plane!r}")
-    return ActorSync(replica, actor, rank, overlap=overlap, timeout_s=timeout_s)

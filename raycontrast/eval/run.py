@@ -78,9 +78,8 @@ def run_eval(cfg: ExperimentConfig, checkpoint: str, out: str | None = None) -> 
         )
     from raycontrast.models.checkpoint import checkpoint_file
     from raycontrast.outputs import check_output
-    from raycontrast.train.preflight import training_inputs
 
-    inputs = {k: v for k, v in training_inputs(cfg).items() if k.startswith("data.")}
+    inputs = {k: v for k, v in cfg.input_paths().items() if k.startswith("data.")}
     check_output(path, {**inputs, "the checkpoint": checkpoint_file(checkpoint)})
     info = dataset_info(cfg.data)
     class_names = list(info.class_names)

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from raycontrast import storage
+from raycontrast._progress import format_eta
 from raycontrast.eval._plots import read_rows
 
-__all__ = ["TRAIN_FIELDS", "RunLogger", "console", "format_eta"]
+__all__ = ["TRAIN_FIELDS", "RunLogger", "console"]
 
 TRAIN_FIELDS = [
     "iteration",
@@ -58,15 +59,6 @@ def console(message: str) -> None:
     stream = sys.__stdout__ or sys.stdout
     stream.write(message + "\n")
     stream.flush()
-
-
-def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def _truncate_csv(path: Path, last_iteration: int) -> None:

@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -69,7 +70,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if os.environ.get("RAYCONTRAST_PHASES"):  # opt-in step timing (benchmarks/bench_real_scale.py)
         from raycontrast.train.phases import instrument
 
-        return instrument(trainer, ray.train.get_checkpoint())
+        return instrument(trainer, ray.train.get_checkpoint(), sys.modules[__name__])
     trainer.resume(ray.train.get_checkpoint())
     return trainer.fit()
 

@@ -25,6 +25,7 @@ import resource
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -118,27 +119,17 @@ def full_bank_state(bank, seed: int = 0) -> dict[str, Any]:
     return state
 
 
-_PATCHED = {
-    "raycontrast.contrast.module": (
-        "sample_anchors",
-        "inbatch_contrast_loss",
-        "memory_contrast_loss_blocks",
-    ),
-    "raycontrast.train.loop": ("select_records", "train_batches", "save_checkpoint"),
-}
+_PATCHED_CONTRAST = ("sample_anchors", "inbatch_contrast_loss", "memory_contrast_loss_blocks")
+_PATCHED_LOOP = ("select_records", "train_batches", "save_checkpoint")
 
 
-def _patch_modules(clock: _Clock) -> dict[tuple[str, str], Any]:
-    """Wrap the module-level functions a step calls; returns the originals (to restore)."""
-    import importlib
-
-    originals = {
-        (mod, attr): getattr(importlib.import_module(mod), attr)
-        for mod, attrs in _PATCHED.items()
-        for attr in attrs
-    }
+def _patch_modules(clock: _Clock, loop: ModuleType) -> list[tuple[ModuleType, str, Any]]:
+    """Wrap the module-level functions a step calls (in the contrast module and in ``loop``, the
+    training loop's module, handed in by it); returns the originals (to restore)."""
     import raycontrast.contrast.module as module
-    import raycontrast.train.loop as loop
+
+    originals = [(module, attr, getattr(module, attr)) for attr in _PATCHED_CONTRAST]
+    originals += [(loop, attr, getattr(loop, attr)) for attr in _PATCHED_LOOP]
 
     module.sample_anchors = clock.timed("sampling", module.sample_anchors)
     module.inbatch_contrast_loss = _bracketed(clock, module.inbatch_contrast_loss)
@@ -241,14 +232,15 @@ def _finish(trainer, clock: _Clock, folder: Path, resume_s: float) -> None:
     (folder / name).write_text(json.dumps(report, indent=1))
 
 
-def instrument(trainer, checkpoint) -> dict[str, Any]:
+def instrument(trainer, checkpoint, loop: ModuleType) -> dict[str, Any]:
     """Time ``trainer``'s phases, resume from ``checkpoint``, fit, and write the timing file.
+    ``loop``: the module of the training loop (it calls this), whose step functions are timed.
 
     Returns :meth:`Trainer.fit`'s result (what ``train_loop_per_worker`` returns)."""
     folder = Path(os.environ[ENV])
     folder.mkdir(parents=True, exist_ok=True)
     clock = _Clock(trainer.device)
-    originals = _patch_modules(clock)
+    originals = _patch_modules(clock, loop)
     try:
         _patch_trainer(trainer, clock)
         t0 = time.perf_counter()
@@ -257,8 +249,6 @@ def instrument(trainer, checkpoint) -> dict[str, Any]:
         result = trainer.fit()
         _finish(trainer, clock, folder, resume_s)
     finally:  # a local-mode run shares this process with whatever runs next
-        import importlib
-
-        for (mod, attr), fn in originals.items():
-            setattr(importlib.import_module(mod), attr, fn)
+        for mod, attr, fn in originals:
+            setattr(mod, attr, fn)
     return result

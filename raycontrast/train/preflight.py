@@ -58,7 +58,6 @@ __all__ = [
     "preflight",
     "requested_resources",
     "run_dir_of",
-    "training_inputs",
 ]
 
 REPORTED_METRICS = ("iteration", "epoch", "mIoU", "mAcc", "aAcc", "fwIoU", "best_mIoU", "loss")
@@ -347,7 +346,7 @@ def preflight(
 
     check_storage(cfg.storage_path)
     check_run_dir(cfg.storage_path, cfg.name)
-    check_output(run_dir_of(cfg), training_inputs(cfg), "the run folder")
+    check_output(run_dir_of(cfg), cfg.input_paths(), "the run folder")
     check_data(cfg)
     files = check_data_files(cfg.data, seed=cfg.train.seed)
     num_classes = int(dataset_info(cfg.data).num_classes)
@@ -369,19 +368,6 @@ def preflight(
         need, have = check_resources(cfg, driver_cpus)
     found = [*config_warnings(cfg), *_data_warnings(files.problems)]
     return Preflight(cfg, num_classes, parameters, need, have, found)
-
-
-def training_inputs(cfg: ExperimentConfig) -> dict[str, str | None]:
-    """What a training run reads, by config key: the run folder may not be, hold or lie in any."""
-    data = cfg.data
-    inputs: dict[str, str | None] = {}
-    if data.source == "parquet":
-        inputs["data.parquet_dir"] = data.parquet_dir
-    elif data.dataset != "synthetic":
-        inputs["data.root"] = data.root
-    if isinstance(cfg.model.pretrained, str):
-        inputs["model.pretrained"] = cfg.model.pretrained
-    return inputs
 
 
 def _data_warnings(problems: Sequence[str]) -> list[str]:

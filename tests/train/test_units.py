@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
+from raycontrast._progress import format_eta
 from raycontrast.config import load_config
 from raycontrast.contrast import MemoryBank, PixelContrastLoss
 from raycontrast.models import build_segmentor
 from raycontrast.train._data import ShardSampler, steps_per_epoch
 from raycontrast.train._debug import DebugHooks, poison_contrast
-from raycontrast.train._logger import RunLogger, format_eta
+from raycontrast.train._logger import RunLogger
 from raycontrast.train._losses import cross_entropy, step_losses
 from raycontrast.train.loop import _has_unused_parameters, _poly
 from tests.train.conftest import TINY

@@ -57,7 +57,7 @@ def _med(times: list[float]) -> dict:
 
 
 def _kernel_case(classes: int, anchors: int, dim: int, size: int) -> dict:
-    from raycontrast.contrast import class_blocks, memory_contrast_loss_blocks
+    from raycontrast.contrast.loss import class_blocks, memory_contrast_loss_blocks
 
     dev = torch.device("cuda")
     torch.cuda.reset_peak_memory_stats()

@@ -5,8 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from raycontrast.bank import CollectiveSync, create_bank_actor, shard_actor_name
-from raycontrast.bank.actor import NAMESPACE
+from raycontrast.bank import create_bank_actor
+from raycontrast.bank.actor import NAMESPACE, shard_actor_name
+from raycontrast.bank.collective import CollectiveSync
 from raycontrast.bank.groups import ThreadGroup
 from raycontrast.contrast import MemoryBank
 from tests.bank.restart import kill_and_wait_restart

@@ -8,9 +8,10 @@ from PIL import Image
 
 from raycontrast.cli import main
 from raycontrast.config import DataConfig
-from raycontrast.data import DatasetError, build_dataset, convert_dataset, read_manifest
+from raycontrast.data import DatasetError, build_dataset, convert_dataset
 from raycontrast.data._cityscapes import LABEL_ID_TO_TRAIN_ID
 from raycontrast.data.fake import MARKER, write_fake_dataset
+from raycontrast.data.parquet import read_manifest
 
 SCALE = 1 / 16  # Cityscapes 64 x 128
 

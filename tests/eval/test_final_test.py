@@ -6,13 +6,14 @@ import json
 import numpy as np
 import torch
 
-from raycontrast.eval import evaluate, metrics_from_confusion
+from raycontrast.eval import evaluate
 from raycontrast.eval.final_test import (
     TEST_JSON,
     per_image_confusion,
     read_per_image,
     write_final_test,
 )
+from raycontrast.eval.metrics import metrics_from_confusion
 
 
 def _data(n=5, k=3):

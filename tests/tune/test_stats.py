@@ -147,7 +147,7 @@ def test_miou_of_counts_by_hand():
 
 def _reference_bootstrap(arm, ref, replicates, seed):
     """Plain loops: resample image indices, sum the counts, mIoU via the evaluation's own metrics."""
-    from raycontrast.eval import metrics_from_confusion
+    from raycontrast.eval.metrics import metrics_from_confusion
 
     seeds = sorted(arm)
     n = arm[seeds[0]].shape[0]

@@ -399,9 +399,9 @@ def _main(argv: Sequence[str] | None) -> int:
 def _stop_local_ray() -> None:
     """A worker's user error reached the driver: flush Ray's own log lines first, so that the
     message is the last line."""
-    launcher = sys.modules.get("raycontrast.train.launcher")
-    if launcher is not None:
-        launcher.shutdown_local()
+    cluster = sys.modules.get("raycontrast.train._cluster")
+    if cluster is not None:
+        cluster.shutdown_local()
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def _cases(t: dict) -> list[tuple[list, str]]:
         # report: RUN/plots is its own; the run, its files and a folder holding it are not
         (["report", run, "--out", run], f"--out {run} is run"),
         (["report", run, "--out", run / "metrics.csv"], "is the input file"),
-        (["report", run, run, "--out", tmp_root(run)], "contains run"),
+        (["report", run, "--out", tmp_root(run)], "contains run"),
         # convert
         (["convert", "--dataset", "folder", "--root", data, "--split", "train", "--out", data],
          "is the dataset root"),

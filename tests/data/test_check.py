@@ -168,12 +168,12 @@ def test_parquet_shards_schema_and_rows(shards):
 
 
 def test_a_plain_run_refuses_bad_data_before_connecting_to_ray(capsys, tmp_path, monkeypatch):
-    from raycontrast.train import launcher
+    from raycontrast.train import _cluster
 
     def no_ray(*args, **kwargs):
         raise AssertionError("connected to Ray: the data check came too late")
 
-    monkeypatch.setattr(launcher, "connect", no_ray)
+    monkeypatch.setattr(_cluster, "connect", no_ray)
     root = tmp_path / "D"
     make_folder(root, "train", n=4)
     bad = _break(root, "label value")

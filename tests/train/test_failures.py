@@ -155,7 +155,8 @@ def test_pretrained_hub_without_network_or_cache(capsys, tmp_path, monkeypatch):
     assert code == 2, msg
     assert "model.pretrained=true downloads the ImageNet weights of 'resnet18'" in msg
     assert "Network is unreachable; no cached copy either" in msg
-    assert msg.rstrip().endswith("model.pretrained=/path/to/file")  # whole, not cut off
+    error = next(line for line in msg.splitlines() if line.startswith("raycontrast: error:"))
+    assert error.rstrip().endswith("model.pretrained=/path/to/file")  # whole, not cut off
     monkeypatch.setattr(hub, "cached_weights", lambda name: "/cache/model.safetensors")
     assert hub.check_hub_weights("resnet18") == "cached"
 

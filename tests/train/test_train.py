@@ -106,7 +106,13 @@ def test_single_worker_on_a_folder_dataset_with_a_corrupt_image(ray_session, tin
     # ... and a rerun of the same name with another model is refused before any worker starts
     from raycontrast.models import CheckpointError
 
-    other = tiny("single", f"data.root={root}", "data.dataset=folder", "model.backbone=resnet34")
+    other = tiny(
+        "single",
+        f"data.root={root}",
+        "data.dataset=folder",
+        "data.on_bad_sample=skip",
+        "model.backbone=resnet34",
+    )
     with pytest.raises(
         CheckpointError, match=r"backbone 'resnet18'.*this config asks for backbone 'resnet34'"
     ):

@@ -77,6 +77,27 @@ def _mm(a: Tensor, b: Tensor, mm_dtype: torch.dtype | None) -> Tensor:
     return (a @ b).to(out)
 
 
+_EXP_BOUND = 50.0
+"""Largest similarity magnitude for which ``exp(s)`` is summed without subtracting a row maximum:
+``exp(+-50)`` and a chunk's sum of them stay well inside float32/bfloat16's range (``exp(+-88)``)."""
+
+
+def _sims(a: Tensor, b: Tensor, mm_dtype: torch.dtype | None) -> Tensor:
+    """``a @ b`` for the log-sum-exp pass: as :func:`_mm`, except that on CPU with bfloat16 operands
+    the product stays in bfloat16 (the GEMM accumulated it in float32 and rounded it on output), so
+    the elementwise work that follows reads and writes half the bytes."""
+    if mm_dtype is None or a.is_cuda:
+        return _mm(a, b, mm_dtype)
+    return a.to(mm_dtype) @ b.to(mm_dtype)
+
+
+def _bounded(row_norms: Tensor, x: Tensor) -> bool:
+    """Whether every similarity of rows with these norms against ``x``'s rows is within
+    :data:`_EXP_BOUND` (Cauchy-Schwarz), so their ``exp`` needs no maximum subtracted."""
+    x_max = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).amax()
+    return bool(row_norms.amax() * x_max <= _EXP_BOUND)
+
+
 def zero_with_graph(*tensors: Tensor) -> Tensor:
     """A scalar 0 that is connected to the graph of every given tensor (so DDP sees all parameters)."""
     out = None
@@ -124,6 +145,11 @@ class _BlockInfoNCE(torch.autograd.Function):
         mem_classes = sorted({c for c, _, _ in m_blocks})
         col = {c: j for j, c in enumerate(mem_classes)}
         # Pass 1: per-class block log-sum-exp L[i, c] (and softmax-weighted block means W[i, c]).
+        # bfloat16 on CPU: the similarities stay bfloat16 and, when they are bounded (unit vectors
+        # over tau >= 1/50), exp needs no row maximum: one elementwise pass, sums in float32.
+        low_precision = mm_dtype is not None and not z.is_cuda
+        row_norms = torch.linalg.vector_norm(zs, dim=1) if low_precision else None
+        no_shift = z.new_zeros(n)
         lse = z.new_full((n, len(mem_classes)), -math.inf)
         wmean = z.new_zeros((n, len(mem_classes), d)) if need_gz else None
         for c, s0, s1 in m_blocks:
@@ -131,10 +157,15 @@ class _BlockInfoNCE(torch.autograd.Function):
             for a, b in _chunks(s0, s1, n):
                 x = store[a:b].detach()
                 x = x.to(cdtype) if mm_dtype is None else x.to(mm_dtype)
-                s = _mm(zs_mm, x.T, mm_dtype).to(cdtype)
-                m = s.amax(1)
-                s.sub_(m[:, None]).exp_()
-                chunk_lse = m + s.sum(1).log()
+                s = _sims(zs_mm, x.T, mm_dtype)
+                if low_precision and _bounded(row_norms, x):
+                    m = no_shift
+                    s.exp_()
+                else:
+                    s = s.to(cdtype)
+                    m = s.amax(1)
+                    s.sub_(m[:, None]).exp_()
+                chunk_lse = m + s.sum(1, dtype=cdtype).log()
                 old = lse[:, j]
                 new = torch.logaddexp(old, chunk_lse)
                 if wmean is not None:

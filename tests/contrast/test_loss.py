@@ -285,6 +285,21 @@ def test_bf16_kernel_matches_float64_reference_with_gradients(inbatch):
         assert abs(exact.item() - ref.item()) < abs(out.item() - ref.item())
 
 
+def test_bf16_kernel_unbounded_similarities_take_the_max_shifted_path(monkeypatch):
+    """Vectors of norm 6 at tau=0.1 give similarities up to 360: exp without a row maximum would
+    overflow, so the kernel must fall back to the shifted path (and still match float64)."""
+    z, zl, q, ql = _data(3, 64, 96, 3, 16)
+    z, q = (t.detach() * 6.0 for t in (z, q))
+    ref = dense_contrast_loss(z, zl, q, ql)
+    calls = []
+    real = loss_mod._bounded
+    monkeypatch.setattr(loss_mod, "_bounded", lambda *a: calls.append(real(*a)) or calls[-1])
+    out = memory_contrast_loss(z.float(), zl, q.float(), ql, compute_dtype="bfloat16")
+    assert calls and not any(calls)  # every chunk was out of bounds
+    assert math.isfinite(out.item())
+    assert abs(out.item() - ref.item()) <= 2e-2 * abs(ref.item())  # logits of 360 in bf16: +-1
+
+
 def test_bf16_kernel_rejects_unknown_dtype():
     z, zl, q, ql = _data(1, 4, 6, 2, 3)
     with pytest.raises(ValueError, match="compute_dtype"):

@@ -4,9 +4,10 @@
 Each step the workers exchange their records with one ``all_gather`` of the worker group (nccl on the
 device on GPU, gloo on CPU) and write them to their replicas in rank order, exactly as
 ``bank.mode: allgather`` does. Each worker also hands its own batch to the bank actors
-(``ray.put`` once, one :meth:`~raycontrast.bank.actor.BankActor.contribute` call per shard) and does
-not wait for the answer: at most ``max_in_flight`` steps of calls are outstanding, older answers are
-collected when they are already there. The actor commits a step once every rank's batch has arrived,
+(``ray.put`` once, one :meth:`~raycontrast.bank.actor.BankActor.contribute` call per shard) from a
+background thread, so neither the copy to the object store nor the calls sit on the step's critical
+path, and does not wait for the answer: at most ``max_in_flight`` steps of hand-offs and calls are
+outstanding, older answers are collected when they are already there. The actor commits a step once every rank's batch has arrived,
 with the batches in rank order: the replicas' order, so its bank stays bit-identical to theirs.
 
 The actor stays the authority: digests, snapshots, elastic resizes and worker-group restarts
@@ -22,6 +23,7 @@ See docs/concepts/bank-data-plane.md for the cost model.
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -61,6 +63,9 @@ class CollectiveSync(ActorSync):
         self.group = group if group is not None else TorchGroup()
         self.max_in_flight = max_in_flight
         self._in_flight: deque[ray.ObjectRef] = deque()
+        # hand-offs not yet made, in step order (one thread: the actors see a rank's steps in order)
+        self._sending: deque[Future] = deque()
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="raycontrast-bank-send")
         self._stale = False
         self.resyncs = 0
         self.actor_bytes_sent = 0
@@ -74,6 +79,9 @@ class CollectiveSync(ActorSync):
         world_size: int | None = None,
         keep_live: bool = False,
     ) -> None:
+        for future in self._sending:  # made before anything below reaches the actors
+            future.exception()
+        self._sending.clear()
         self._in_flight.clear()  # answers for a previous group's timeline: not needed
         self._stale = False
         super().start(state, version, world_size, keep_live)
@@ -95,15 +103,29 @@ class CollectiveSync(ActorSync):
             self._contribute(step, records)
 
     def _contribute(self, step: int, records: BankRecords) -> None:
+        targets = list(zip(self.shards, self.incarnations))
+        self._sending.append(self._sender.submit(self._send, step, records, targets))
+        per_step = len(self.shards)
+        outstanding = len(self._in_flight) + per_step * len(self._sending)
+        self.max_in_flight_seen = max(self.max_in_flight_seen, outstanding)
+        while len(self._in_flight) + per_step * len(self._sending) > self.max_in_flight * per_step:
+            if self._in_flight:
+                self._note(ray.get(self._in_flight.popleft(), timeout=self.timeout_s))
+            else:  # the oldest hand-off is not made yet: wait for it alone
+                self._in_flight.extend(self._sending.popleft().result(timeout=self.timeout_s))
+
+    def _send(self, step: int, records: BankRecords, targets: list) -> list[ray.ObjectRef]:
+        """On the sender thread: pack, put once, one call per shard (the references to answers)."""
         packed = pack_records(records)
-        self.actor_bytes_sent += wire_nbytes(packed)
+        self.actor_bytes_sent += wire_nbytes(packed)  # only this thread writes it
         batch = [ray.put(packed)]  # in a list: the actors receive the reference, not the data
-        for shard, incarnation in zip(self.shards, self.incarnations):
-            self._in_flight.append(shard.contribute.remote(self.rank, step, batch, incarnation))
-        self.max_in_flight_seen = max(self.max_in_flight_seen, len(self._in_flight))
-        limit = self.max_in_flight * len(self.shards)
-        while len(self._in_flight) > limit:
-            self._note(ray.get(self._in_flight.popleft(), timeout=self.timeout_s))
+        return [shard.contribute.remote(self.rank, step, batch, inc) for shard, inc in targets]
+
+    def _take_sent(self, block: bool) -> None:
+        """Move the calls of finished hand-offs (``block``: of all of them) to ``_in_flight``;
+        a hand-off that failed raises here, on the training thread."""
+        while self._sending and (block or self._sending[0].done()):
+            self._in_flight.extend(self._sending.popleft().result(timeout=self.timeout_s))
 
     def _note(self, answer: dict[str, Any]) -> None:
         if answer.get("stale"):
@@ -111,6 +133,7 @@ class CollectiveSync(ActorSync):
 
     def _collect(self, block: bool) -> None:
         """Read the answers already there (``block``: all of them)."""
+        self._take_sent(block)
         if not self._in_flight:
             return
         if block:

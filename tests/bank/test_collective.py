@@ -120,3 +120,43 @@ def test_bad_in_flight_bound_is_refused(ray_session):
     head = create_bank_actor("t-coll-bad", SPEC, 2, None)
     with pytest.raises(ValueError, match="max_in_flight"):
         CollectiveSync(MemoryBank(**SPEC), head, 0, max_in_flight=0)
+
+
+def test_the_hand_off_to_the_actor_is_off_the_critical_path(ray_session, monkeypatch):
+    """``exchange`` returns while the hand-off (pack, put, calls) is still blocked on the sender
+    thread; ``flush`` waits for it, and the authority then equals the replicas."""
+    import threading
+
+    from raycontrast.bank import collective
+
+    release = threading.Event()
+    real_pack = collective.pack_records
+
+    def slow_pack(records):
+        assert release.wait(60)
+        return real_pack(records)
+
+    monkeypatch.setattr(collective, "pack_records", slow_pack)
+    head = create_bank_actor("t-coll-async", SPEC, 2, None)
+    syncs = make_syncs(head)
+    run_steps(syncs, 3)  # would hang here if the hand-off were on the training thread
+    assert all(s.version == 3 and len(s._sending) == 3 for s in syncs)
+    assert ray_get(head.describe.remote())["stats"]["contributions"] == 0
+    release.set()
+    flush(syncs)
+    assert whole_bank(head).equal(plain_bank(range(3)))
+    assert all(not s._sending and not s._in_flight for s in syncs)
+
+
+def test_a_failed_hand_off_raises_on_the_training_thread(ray_session, monkeypatch):
+    from raycontrast.bank import collective
+
+    def broken_pack(records):
+        raise RuntimeError("object store full")
+
+    head = create_bank_actor("t-coll-fail", SPEC, 2, None)
+    syncs = make_syncs(head)
+    monkeypatch.setattr(collective, "pack_records", broken_pack)
+    run_steps(syncs, 1)
+    with pytest.raises(RuntimeError, match="object store full"):
+        flush(syncs)

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raycontrast.contrast.loss import Block
-from raycontrast.contrast.sampling import group_ranks
 
 __all__ = ["KINDS", "BankRecords", "MemoryBank", "select_records"]
 
@@ -106,7 +105,8 @@ def select_records(
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown bank kind(s) {unknown}; expected a subset of {KINDS}")
-    y = labels.reshape(-1).long()
+    hw = h * w
+    y = labels.reshape(b, hw).long()
     valid = y != ignore_index
     bad = valid & ((y < 0) | (y >= num_classes))
     if bool(bad.any()):
@@ -114,28 +114,76 @@ def select_records(
         raise ValueError(
             f"labels {values} are outside 0..{num_classes - 1} (ignore_index={ignore_index})"
         )
-    keys = embed.detach().reshape(b, d, h * w)  # gathered per pixel; never transposed whole
-    pixel = torch.nonzero(valid).squeeze(1)
-    image, pos = pixel // (h * w), pixel % (h * w)
-    group = image * num_classes + y[pixel]
+    keys = embed.detach().reshape(b, d, hw)  # gathered per pixel; never transposed whole
+    n_groups = b * num_classes  # group = (image, class); ignore pixels go to slot n_groups
+    offsets = torch.arange(b, device=y.device)[:, None] * num_classes
+    group = torch.where(valid, y + offsets, n_groups).reshape(-1)
+    counts = torch.bincount(group, minlength=n_groups + 1)[:n_groups]
     parts = []
-    if "pixel" in kinds and pixel.numel():
-        order, rank = group_ranks(group, generator)
-        chosen = order[rank < pixel_update_freq]
-        vec = F.normalize(keys[image[chosen], :, pos[chosen]].float(), dim=1)
-        cls = y[pixel[chosen]]
+    if "pixel" in kinds and bool(counts.any()):
+        chosen = choose_pixels(group, counts, pixel_update_freq, generator)
+        vec = F.normalize(keys[chosen // hw, :, chosen % hw].float(), dim=1)
+        cls = group[chosen] % num_classes
         parts.append(BankRecords(cls, torch.zeros_like(cls), vec.to(dtype)))
-    if "region" in kinds and pixel.numel():
-        column = torch.where(valid, y, num_classes).reshape(b, h * w)
+    if "region" in kinds and bool(counts.any()):
+        column = torch.where(valid, y, num_classes)
         sums = _class_sums(keys.float(), column, num_classes)
-        sums = sums[:, :, :num_classes].transpose(1, 2).reshape(b * num_classes, d)
-        present = torch.nonzero(torch.bincount(group, minlength=b * num_classes)).squeeze(1)
+        sums = sums[:, :, :num_classes].transpose(1, 2).reshape(n_groups, d)
+        present = torch.nonzero(counts).squeeze(1)
         vec = F.normalize(sums[present], dim=1)
         cls = present % num_classes
         parts.append(BankRecords(cls, torch.ones_like(cls), vec.to(dtype)))
     if not parts:
         return BankRecords.empty(d, dtype, embed.device)
     return BankRecords.cat(parts)
+
+
+_SLACK_SIGMAS, _SLACK_EXTRA = 6.0, 8.0
+
+
+def choose_pixels(
+    group: Tensor, counts: Tensor, k: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """A uniformly random ``min(count, k)``-subset of the items of every group, in random order.
+
+    Every item gets an independent uniform key; a group's choice is its ``k`` smallest keys (so
+    the subset and its order are uniform). Only items whose key is below a per-group threshold are
+    sorted: a threshold of ``(k + 6 sqrt(k) + 8) / count`` keeps about ``k + 6 sqrt(k) + 8`` of
+    each group's items, at least ``k`` of them but with negligible probability, in which case the
+    whole batch is redone with every item kept. Either way the result is the ``k`` smallest keys:
+    exact, not an approximation; the threshold only spares the sort of ~``count`` items per group.
+
+    Args:
+        group: ``(n,)`` group of each item in ``0..G``; ``G = counts.numel()`` marks items to skip.
+        counts: ``(G,)`` items per group (``bincount(group)[:G]``).
+        k: items to choose per group.
+        generator: random source for the keys.
+
+    Returns:
+        Indices into ``group``, ordered by group, then by key.
+    """
+    take = counts.clamp(max=k)
+    device = generator.device if generator is not None else group.device
+    u = torch.rand(group.numel(), generator=generator, device=device).to(group.device)
+    for slack in (True, False):
+        if slack:
+            kept = (take + _SLACK_SIGMAS * take.sqrt() + _SLACK_EXTRA) / counts.clamp(min=1)
+        else:
+            kept = torch.ones_like(take, dtype=torch.float32)
+        threshold = torch.cat([kept.float(), kept.new_full((1,), -1.0)])  # skip slot: never
+        candidate = torch.nonzero(u < threshold[group]).squeeze(1)
+        order = torch.argsort(u[candidate])
+        candidate = candidate[order]
+        candidate = candidate[torch.argsort(group[candidate], stable=True)]
+        cand_group = group[candidate]
+        got = torch.bincount(cand_group, minlength=counts.numel())
+        if slack and bool((got < take).any()):
+            continue
+        rank = (
+            torch.arange(candidate.numel(), device=group.device) - (got.cumsum(0) - got)[cand_group]
+        )
+        return candidate[rank < take[cand_group]]
+    raise AssertionError("unreachable: the second pass keeps every item")
 
 
 _ONE_HOT_MAX_CLASSES = 32  # up to here a one-hot matmul beats scatter_add (measured on CPU)

@@ -168,3 +168,44 @@ def test_write_drops_and_counts_non_finite_records():
     restored = MemoryBank(3, 4, 2)
     restored.load_state_dict(a.state_dict())
     assert restored.dropped == 5 and restored.equal(a)
+
+
+def _reference_choice(group, n_groups, k, seed):
+    """Plain loop: the same keys, each group's k smallest, by group then key."""
+    u = torch.rand(group.numel(), generator=torch.Generator().manual_seed(seed))
+    out = []
+    for g in range(n_groups):
+        items = [i for i in range(group.numel()) if int(group[i]) == g]
+        out += sorted(items, key=lambda i: float(u[i]))[:k]
+    return out
+
+
+@pytest.mark.parametrize("forced_fallback", [False, True])
+def test_choose_pixels_is_each_groups_k_smallest_keys(monkeypatch, forced_fallback):
+    if forced_fallback:  # thresholds so low that every batch takes the keep-everything pass
+        monkeypatch.setattr(memory_mod, "_SLACK_SIGMAS", 0.0)
+        monkeypatch.setattr(memory_mod, "_SLACK_EXTRA", 0.0)
+    g = torch.Generator().manual_seed(0)
+    for seed in range(30):
+        n_groups = 4
+        group = torch.randint(0, n_groups + 1, (int(torch.randint(1, 120, (1,), generator=g)),))
+        counts = torch.bincount(group, minlength=n_groups + 1)[:n_groups]
+        for k in (1, 3, 10):
+            got = memory_mod.choose_pixels(
+                group, counts, k, torch.Generator().manual_seed(seed)
+            ).tolist()
+            assert got == _reference_choice(group, n_groups, k, seed)
+
+
+def test_choose_pixels_draws_uniform_subsets_in_uniform_order():
+    group = torch.tensor([0] * 20 + [1] * 3 + [2] * 5)  # group 2 is the skip slot
+    counts = torch.tensor([20, 3])
+    trials, chosen, first = 3000, torch.zeros(23), torch.zeros(20)
+    for seed in range(trials):
+        got = memory_mod.choose_pixels(group, counts, 3, torch.Generator().manual_seed(seed))
+        assert len(got) == 6 and set(got[3:].tolist()) == {20, 21, 22}
+        chosen[got] += 1
+        first[got[0]] += 1
+    p = chosen[:20] / trials  # each item of the large group: 3/20, binomial sd ~0.0065
+    assert (p - 0.15).abs().max() < 0.035, p
+    assert (first / trials - 0.05).abs().max() < 0.025, first  # any item may come first

@@ -22,7 +22,14 @@ from collections.abc import MutableMapping
 
 import ray
 from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
+
+try:  # private to Ray Train V2 (2.60): a release that moves it must not break the import
+    from ray.train.v2._internal.execution.failure_handling import (
+        DefaultFailurePolicy,
+        FailureDecision,
+    )
+except ImportError:  # pragma: no cover - depends on the installed Ray
+    DefaultFailurePolicy, FailureDecision = object, None
 
 from raycontrast.errors import is_user_error
 
@@ -81,6 +88,11 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+POLICY_SUPPORTED = FailureDecision is not None
+"""Whether this Ray has the failure-policy hook :class:`UserErrorPolicy` needs. Without it, Ray's own
+policy runs: user errors are then retried up to ``train.max_failures`` (a warning says so)."""
+
+
 class UserErrorPolicy(DefaultFailurePolicy):
     """Ray Train's default failure policy, except that a user error is raised at once (no retry)."""
 
@@ -114,7 +126,14 @@ class Trainer(TorchTrainer):
                     signal.signal(signal.SIGINT, previous)
 
     def _initialize_and_run_controller(self, **kwargs):
-        kwargs["failure_policy"] = UserErrorPolicy(self.run_config.failure_config)
+        if POLICY_SUPPORTED:
+            kwargs["failure_policy"] = UserErrorPolicy(self.run_config.failure_config)
+        else:
+            log.warning(
+                "this Ray (%s) has no ray.train.v2 failure-policy hook: user errors in workers are "
+                "retried up to train.max_failures like any failure (tested with Ray 2.60)",
+                ray.__version__,
+            )
         return super()._initialize_and_run_controller(**kwargs)
 
     def _register_sigint_handler(self, controller) -> None:

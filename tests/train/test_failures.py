@@ -194,3 +194,25 @@ def test_a_data_error_in_a_worker_is_not_retried(ray_session, capsys, tmp_path):
     assert f"{bad}: corrupt or unreadable label map" in line, msg
     assert len(worker_groups(str(tmp_path / "baddata"))) == 1  # no retry
     assert_kept(before, root)
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_the_policy_is_injected_only_where_ray_has_the_hook(monkeypatch, caplog, supported):
+    """Ray 2.60 has the private hook (pinned here); a Ray without it keeps its own policy, warned."""
+    from ray.train.torch import TorchTrainer
+
+    from raycontrast.train import failures
+
+    assert failures.POLICY_SUPPORTED  # the installed Ray: the hook this project was tested with
+    monkeypatch.setattr(failures, "POLICY_SUPPORTED", supported)
+    seen = {}
+    monkeypatch.setattr(
+        TorchTrainer, "_initialize_and_run_controller", lambda self, **kw: seen.update(kw)
+    )
+    trainer = object.__new__(Trainer)
+    trainer.run_config = type("RC", (), {"failure_config": FailureConfig(max_failures=2)})()
+    with caplog.at_level("WARNING", logger=failures.__name__):
+        trainer._initialize_and_run_controller(other=1)
+    assert seen["other"] == 1
+    assert isinstance(seen.get("failure_policy"), UserErrorPolicy) == supported
+    assert ("failure-policy hook" in caplog.text) != supported

@@ -75,6 +75,30 @@ def fit_trials(
     return tuner.fit()
 
 
+def raise_if_interrupted(grid, what: str, results_dir: str, expected: int = 0) -> None:
+    """Raise :class:`~raycontrast.train.launcher.TrainingInterrupted` when Tune stopped before every
+    trial ended: on Ctrl-C Tune saves its state and *returns* (it does not raise), so without this a
+    stopped study or sweep would exit 0 and a script running several would go on to the next.
+
+    Args:
+        grid: what ``Tuner.fit`` returned.
+        what: names the study / sweep in the message.
+        results_dir: where the partial results were written.
+        expected: trials the grid should hold when complete (Tune creates trials lazily, so an
+            early stop may leave some never created); 0: only count the created ones.
+    """
+    from raycontrast.train.launcher import TrainingInterrupted
+
+    ended = grid.num_terminated + grid.num_errors
+    unfinished = max(len(grid), expected) - ended
+    if unfinished > 0:
+        raise TrainingInterrupted(
+            f"{what}: interrupted (Ctrl-C) with {unfinished} of {max(len(grid), expected)} trials "
+            f"unfinished; partial results in {results_dir}. Rerun the same command with --resume "
+            "to continue: finished trials are kept, the others resume from their last checkpoint"
+        )
+
+
 def absolute_paths(cfg: ExperimentConfig, cwd: str) -> ExperimentConfig:
     """Relative dataset and weight paths made absolute against ``cwd`` (the command's directory).
 

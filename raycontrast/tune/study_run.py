@@ -12,7 +12,7 @@ import yaml
 
 from raycontrast import storage
 from raycontrast.tune._study_results import load_record, write_results
-from raycontrast.tune._trials import concurrency, fit_trials
+from raycontrast.tune._trials import concurrency, fit_trials, raise_if_interrupted
 from raycontrast.tune.study import Cell, Study, check_study, load_study, per_run_cpus, study_dict
 
 __all__ = ["finished", "run_study"]
@@ -90,7 +90,7 @@ def run_study(
         f"x {len(study.seeds)} seeds), {limit} at once; study dir {study.root}",
         flush=True,
     )
-    fit_trials(
+    grid = fit_trials(
         _study_trial,
         root=study.root,
         name=cfg.name,
@@ -106,4 +106,7 @@ def run_study(
     )
     results = write_results(study)
     finish_group(group, study.results_dir)
+    raise_if_interrupted(
+        grid, f"study {cfg.name!r} ({study.path})", study.results_dir, expected=len(runs)
+    )
     return results

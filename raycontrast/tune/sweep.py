@@ -42,7 +42,7 @@ from raycontrast.config import (
     save_config,
 )
 from raycontrast.outputs import check_run_dir
-from raycontrast.tune._trials import absolute_paths, fit_trials
+from raycontrast.tune._trials import absolute_paths, fit_trials, raise_if_interrupted
 
 __all__ = [
     "SPACE_KINDS",
@@ -350,7 +350,9 @@ def run_sweep(
         cwd=os.getcwd(),
     )
     summary = summarise_results(sweep, grid)
-    finish_group(group, storage.join(sweep.root, "results"))
+    results_dir = storage.join(sweep.root, "results")
+    finish_group(group, results_dir)
+    raise_if_interrupted(grid, f"sweep {cfg.name!r} ({path})", results_dir)
     return summary
 
 

@@ -80,7 +80,7 @@ class CollectiveSync(ActorSync):
         keep_live: bool = False,
     ) -> None:
         for future in self._sending:  # made before anything below reaches the actors
-            future.exception()
+            future.exception(timeout=self.timeout_s)
         self._sending.clear()
         self._in_flight.clear()  # answers for a previous group's timeline: not needed
         self._stale = False

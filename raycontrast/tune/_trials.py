@@ -89,7 +89,10 @@ def raise_if_interrupted(grid, what: str, results_dir: str, expected: int = 0) -
     """
     from raycontrast.train.launcher import TrainingInterrupted
 
-    ended = grid.num_terminated + grid.num_errors
+    # Not ``grid.num_terminated``: on Ctrl-C Tune marks the trials it was running TERMINATED while
+    # it stops them. A trial that ended is one that errored, or whose last result Tune marked
+    # ``done`` (it returned, or a scheduler or stopper stopped it).
+    ended = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("done"))
     unfinished = max(len(grid), expected) - ended
     if unfinished > 0:
         raise TrainingInterrupted(

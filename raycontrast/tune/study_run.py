@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from raycontrast import storage
+from raycontrast.errors import ConfigError
 from raycontrast.tune._study_results import load_record, write_results
 from raycontrast.tune._trials import concurrency, fit_trials, raise_if_interrupted
 from raycontrast.tune.study import Cell, Study, check_study, load_study, per_run_cpus, study_dict
@@ -47,6 +48,35 @@ def finished(study: Study, cell: Cell) -> bool:
     return bool(its) and max(its) >= cfg.train.iterations
 
 
+def _check_same_grid(study: Study) -> None:
+    """Refuse ``--resume`` of a study whose arms, regimes or seeds changed since it started.
+
+    Tune resumes the grid it saved, so a run added to the file would never start (and one removed
+    would still run); the study would stay unfinished however often it is resumed.
+
+    Raises:
+        ConfigError: naming the study file, what was added and removed, and what to do.
+    """
+    saved_path = storage.join(study.results_dir, "study.yaml")
+    if not storage.exists(saved_path):
+        return
+    saved = yaml.safe_load(storage.read_bytes(saved_path)) or {}
+    now = study_dict(study)
+    changes = []
+    for key in ("arms", "regimes", "seeds"):
+        before, after = set(saved.get(key) or ()), set(now[key] or ())
+        if before != after:
+            added, removed = sorted(after - before, key=str), sorted(before - after, key=str)
+            changes.append(f"{key}: added {added}, removed {removed}")
+    if changes:
+        raise ConfigError(
+            f"{study.path}: cannot --resume study {study.config.name!r}: its grid changed since it "
+            f"started ({'; '.join(changes)}; the started grid is in {saved_path}). Resume runs "
+            "only the grid it started with: restore the file to resume, or start the changed "
+            "study under a new name (name=...)"
+        )
+
+
 def run_study(
     path: str,
     overrides: list[str] | tuple[str, ...] = (),
@@ -74,6 +104,8 @@ def run_study(
         return write_results(study)
     cfg = study.config
     check_study(study, address)  # a mistake in any arm fails here, before any run starts
+    if resume:
+        _check_same_grid(study)
     connect(address)
     storage.makedirs(study.results_dir)
     storage.write_bytes(

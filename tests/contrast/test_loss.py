@@ -260,9 +260,18 @@ BF16_LOSS_RTOL = 1e-3
 BF16_GRAD_TOL = 3e-2
 
 
+def _record_bounded(monkeypatch) -> list[bool]:
+    """What every call of the kernel's bound check answered (True: exp without a row maximum)."""
+    calls: list[bool] = []
+    real = loss_mod._bounded
+    monkeypatch.setattr(loss_mod, "_bounded", lambda *a: calls.append(real(*a)) or calls[-1])
+    return calls
+
+
 @pytest.mark.parametrize("inbatch", [False, True])
-def test_bf16_kernel_matches_float64_reference_with_gradients(inbatch):
+def test_bf16_kernel_matches_float64_reference_with_gradients(inbatch, monkeypatch):
     z, zl, q, ql = _data(7, 96, 160, 4, 32)
+    bounded = _record_bounded(monkeypatch)
     if inbatch:
         ref = dense_contrast_loss(z, zl, z, zl, exclude_self=True)
         ref_grads = _grads(ref, z)
@@ -276,6 +285,7 @@ def test_bf16_kernel_matches_float64_reference_with_gradients(inbatch):
         out = memory_contrast_loss(z32, zl, q32, ql, compute_dtype="bfloat16")
         grads = _grads(out, z32, q32)
     assert out.dtype == torch.float32
+    assert bounded and all(bounded)  # unit vectors at tau=0.1: the unshifted exp was tested
     assert abs(out.item() - ref.item()) <= BF16_LOSS_RTOL * abs(ref.item())
     for g, r in zip(grads, ref_grads):
         assert (g.double() - r).abs().max() <= BF16_GRAD_TOL * r.abs().max()
@@ -291,13 +301,28 @@ def test_bf16_kernel_unbounded_similarities_take_the_max_shifted_path(monkeypatc
     z, zl, q, ql = _data(3, 64, 96, 3, 16)
     z, q = (t.detach() * 6.0 for t in (z, q))
     ref = dense_contrast_loss(z, zl, q, ql)
-    calls = []
-    real = loss_mod._bounded
-    monkeypatch.setattr(loss_mod, "_bounded", lambda *a: calls.append(real(*a)) or calls[-1])
+    calls = _record_bounded(monkeypatch)
     out = memory_contrast_loss(z.float(), zl, q.float(), ql, compute_dtype="bfloat16")
     assert calls and not any(calls)  # every chunk was out of bounds
     assert math.isfinite(out.item())
     assert abs(out.item() - ref.item()) <= 2e-2 * abs(ref.item())  # logits of 360 in bf16: +-1
+
+
+def test_bf16_kernel_just_inside_the_exp_bound_stays_exact_enough(monkeypatch):
+    """At tau = 1/45 unit vectors give similarities up to 45, just inside the bound of 50: the
+    unshifted exp (up to e^45 per term, float32 sums) must neither overflow nor drift."""
+    tau = 1 / 45
+    z, zl, q, ql = _data(5, 64, 96, 3, 16)
+    z, q = z.detach(), q.detach()
+    q[:8] = z[:8]  # some pairs at the bound itself (similarity exactly 1/tau)
+    ref = dense_contrast_loss(z, zl, q, ql, tau=tau, tau_base=tau)
+    calls = _record_bounded(monkeypatch)
+    out = memory_contrast_loss(
+        z.float(), zl, q.float(), ql, tau=tau, tau_base=tau, compute_dtype="bfloat16"
+    )
+    assert calls and all(calls)
+    assert math.isfinite(out.item())
+    assert abs(out.item() - ref.item()) <= 2e-2 * abs(ref.item())  # logits of 45 in bf16: +-0.1
 
 
 def test_bf16_kernel_rejects_unknown_dtype():

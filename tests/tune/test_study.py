@@ -316,6 +316,28 @@ def test_dry_run_checks_every_arm_and_prints_the_plan(write_study, capsys):
     assert "arm 'x'" in capsys.readouterr().err
 
 
+def test_resume_refuses_a_study_whose_grid_changed_since_it_started(write_study):
+    # Tune resumes the grid it saved: an added arm or seed would never run, so --resume says so
+    from raycontrast.tune.study import study_dict
+    from raycontrast.tune.study_run import _check_same_grid
+
+    study = load_study(write_study("grown", ARMS))
+    _check_same_grid(study)  # never started: nothing to compare
+    results = Path(study.results_dir)
+    results.mkdir(parents=True)
+    (results / "study.yaml").write_text(yaml.safe_dump(study_dict(study), sort_keys=False))
+    _check_same_grid(study)  # unchanged
+    grown = load_study(
+        write_study("grown", {**ARMS, "inbatch": {"contrast.memory": "none"}}, seeds=3)
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"grown\.yaml: cannot --resume study 'grown': .*arms: added \['inbatch'\], removed "
+        r"\[\]; seeds: added \[2\].*restore the file to resume, or start .* \(name=\.\.\.\)",
+    ):
+        _check_same_grid(grown)
+
+
 def test_relative_paths_mean_what_they_meant_where_the_command_ran(
     write_study, tmp_path, monkeypatch
 ):

@@ -25,6 +25,24 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("own_ray") is not None)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def release_session_instance() -> None:
+    """Shut the shared instance down (a test that needs its own, e.g. a multi-node ``Cluster``);
+    ``ray_session`` starts it again when next needed."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+
+
 @pytest.fixture(scope="session")
 def _ray_session_owner():
     """Shuts down, at the end of the session, the instance ``ray_session`` started."""
@@ -34,6 +52,7 @@ def _ray_session_owner():
 
     if state["started"] and ray.is_initialized():
         ray.shutdown()
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)
     shutil.rmtree(_TEMP_DIR, ignore_errors=True)
 
 
@@ -47,13 +66,19 @@ def ray_session(_ray_session_owner):
     import ray
 
     if not ray.is_initialized():
+        # Ray Train's controller and placement-group cleaner use the state API the dashboard
+        # serves; without it a trial stopped by Tune can leak its worker group's resources. They
+        # find it through $RAY_API_SERVER_ADDRESS (workers inherit it): without it, another Ray
+        # instance on the machine (a study running beside the tests) leaves them unable to tell
+        # which is theirs, and placement groups of stopped trials are never freed.
+        port = _free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(
             num_cpus=2,
             object_store_memory=400 * 1024**2,
-            # Ray Train's controller and placement-group cleaner use the state API it serves;
-            # without it a trial stopped by Tune can leak its worker group's resources
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            dashboard_port=port,
             log_to_driver=True,
             _temp_dir=_TEMP_DIR,
             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}},

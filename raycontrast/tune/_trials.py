@@ -75,28 +75,44 @@ def fit_trials(
     return tuner.fit()
 
 
-def raise_if_interrupted(grid, what: str, results_dir: str, expected: int = 0) -> None:
+def saved_trial_statuses(root: str) -> list[str]:
+    """The status of every trial in the experiment state Tune saved under ``root`` last.
+
+    Not what ``Tuner.fit`` returns: on Ctrl-C Tune saves its state, then marks the trials it was
+    running TERMINATED while it stops them, and a trial restored by ``--resume`` lost the ``done``
+    flag of its last result. The saved state is what a resume continues from.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    return [t.status for t in ExperimentAnalysis(storage.resolve(root)).trials]
+
+
+def unfinished_trials(statuses: list[str], expected: int = 0) -> int:
+    """Trials that neither finished (TERMINATED) nor failed for good (ERROR); ``expected`` counts
+    trials Tune had not created yet (it creates them lazily), 0 for only the created ones."""
+    ended = sum(1 for s in statuses if s in ("TERMINATED", "ERROR"))
+    return max(len(statuses), expected) - ended
+
+
+def raise_if_interrupted(root: str, what: str, results_dir: str, expected: int = 0) -> None:
     """Raise :class:`~raycontrast.train.launcher.TrainingInterrupted` when Tune stopped before every
     trial ended: on Ctrl-C Tune saves its state and *returns* (it does not raise), so without this a
     stopped study or sweep would exit 0 and a script running several would go on to the next.
 
     Args:
-        grid: what ``Tuner.fit`` returned.
+        root: the Tune experiment directory (:func:`fit_trials`' ``root``).
         what: names the study / sweep in the message.
         results_dir: where the partial results were written.
-        expected: trials the grid should hold when complete (Tune creates trials lazily, so an
-            early stop may leave some never created); 0: only count the created ones.
+        expected: trials the grid holds when complete; 0: only count the created ones.
     """
     from raycontrast.train.launcher import TrainingInterrupted
 
-    # Not ``grid.num_terminated``: on Ctrl-C Tune marks the trials it was running TERMINATED while
-    # it stops them. A trial that ended is one that errored, or whose last result Tune marked
-    # ``done`` (it returned, or a scheduler or stopper stopped it).
-    ended = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("done"))
-    unfinished = max(len(grid), expected) - ended
+    statuses = saved_trial_statuses(root)
+    unfinished = unfinished_trials(statuses, expected)
     if unfinished > 0:
+        total = max(len(statuses), expected)
         raise TrainingInterrupted(
-            f"{what}: interrupted (Ctrl-C) with {unfinished} of {max(len(grid), expected)} trials "
+            f"{what}: interrupted (Ctrl-C) with {unfinished} of {total} trials "
             f"unfinished; partial results in {results_dir}. Rerun the same command with --resume "
             "to continue: finished trials are kept, the others resume from their last checkpoint"
         )

@@ -122,7 +122,7 @@ def run_study(
         f"x {len(study.seeds)} seeds), {limit} at once; study dir {study.root}",
         flush=True,
     )
-    grid = fit_trials(
+    fit_trials(
         _study_trial,
         root=study.root,
         name=cfg.name,
@@ -139,6 +139,6 @@ def run_study(
     results = write_results(study)
     finish_group(group, study.results_dir)
     raise_if_interrupted(
-        grid, f"study {cfg.name!r} ({study.path})", study.results_dir, expected=len(runs)
+        study.root, f"study {cfg.name!r} ({study.path})", study.results_dir, expected=len(runs)
     )
     return results

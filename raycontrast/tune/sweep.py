@@ -352,7 +352,7 @@ def run_sweep(
     summary = summarise_results(sweep, grid)
     results_dir = storage.join(sweep.root, "results")
     finish_group(group, results_dir)
-    raise_if_interrupted(grid, f"sweep {cfg.name!r} ({path})", results_dir)
+    raise_if_interrupted(sweep.root, f"sweep {cfg.name!r} ({path})", results_dir)
     return summary
 
 

@@ -30,6 +30,7 @@ from raycontrast.bank import bank_actor_name
 from raycontrast.bank.actor import NAMESPACE
 from raycontrast.config import load_config
 from raycontrast.train import run_training
+from tests.conftest import release_session_instance
 from tests.train.conftest import TINY
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.own_ray]
@@ -91,8 +92,7 @@ def three_nodes(monkeypatch):
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():
-        ray.shutdown()  # the session's instance: ray_session starts it again when next needed
+    release_session_instance()  # ray_session starts it again when next needed
     # Ray takes 127.0.0.1 as the node address (here and in the processes it starts), so every port
     # the nodes open listens on loopback only.
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

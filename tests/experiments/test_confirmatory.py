@@ -1,6 +1,9 @@
 """The confirmatory study files implement their pre-registered protocol: fresh seeds, a large test
 set apart from validation, selection never on test, the arms and regimes the protocol names."""
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -44,3 +47,55 @@ def test_confirmatory_studies_follow_the_protocol():
     assert primary.contrast.memory == "both"
     assert str(primary.model.pretrained).endswith("runs/pretrain_synthetic/backbone.pth")
     assert main.run_config(Cell("full_w0.1", "all", 100)).contrast.loss_weight == 0.1
+
+
+SCRIPT = STUDIES / "run_confirmatory.sh"
+
+
+def _script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """run_confirmatory.sh in ``cwd`` with ``raycontrast`` replaced by ``true`` (it trains nothing)."""
+    env = dict(os.environ, RAYCONTRAST="true")
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _write(path: Path, text: str = "x") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_finished_runs_are_archived_without_checkpoints_and_restored_on_a_fresh_machine(tmp_path):
+    runs = tmp_path / "runs" / "studies" / "confirmatory" / "runs"
+    for f in ("test.json", "summary.json", "val.csv", "workers/rank-0.json"):
+        _write(runs / "confirmatory_all-ce_only-s100" / f)
+    for f in ("checkpoint_1/model.pt", "tb/events", "plots/miou.png", "bank/snapshot.pt"):
+        _write(runs / "confirmatory_all-ce_only-s100" / f)
+    _write(runs / "confirmatory_all-full_w0.01-s100" / "summary.json")  # no test.json: unfinished
+    done = _script(tmp_path, "--archive")
+    assert done.returncode == 0, done.stderr
+    archive = tmp_path / "experiments" / "studies" / "results" / "confirmatory" / "runs"
+    kept = sorted(str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file())
+    assert kept == [
+        f"confirmatory_all-ce_only-s100/{f}"
+        for f in ("summary.json", "test.json", "val.csv", "workers/rank-0.json")
+    ]
+
+    # a fresh clone: the archive, a backbone, no runs/studies; the script restores, then archives
+    fresh = tmp_path / "fresh"
+    shutil.copytree(tmp_path / "experiments", fresh / "experiments")
+    _write(fresh / "runs" / "pretrain_synthetic" / "backbone.pth", "weights")
+    done = _script(fresh)
+    assert done.returncode == 0, done.stderr
+    restored = (
+        fresh / "runs" / "studies" / "confirmatory" / "runs" / "confirmatory_all-ce_only-s100"
+    )
+    assert (restored / "test.json").is_file() and (restored / "workers" / "rank-0.json").is_file()
+    sha = fresh / "experiments" / "studies" / "results" / "confirmatory" / "backbone.sha256"
+    assert len(sha.read_text().strip()) == 64
+
+    # the next machine's backbone trained to other bytes: stop before pretrained runs could mix
+    _write(fresh / "runs" / "pretrain_synthetic" / "backbone.pth", "other weights")
+    stopped = _script(fresh)
+    assert stopped.returncode == 1
+    assert "backbone.sha256" in stopped.stderr and "confirmatory_pretrained-*" in stopped.stderr

@@ -24,6 +24,7 @@ import torch
 
 from raycontrast.config import ConfigError, load_config
 from raycontrast.contrast import BankRecords, MemoryBank
+from tests.conftest import release_session_instance
 from tests.train.conftest import TINY, logged_iterations, read_rows, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -290,8 +291,7 @@ def elastic_cluster(monkeypatch):
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():
-        ray.shutdown()  # the session's instance: ray_session starts it again when next needed
+    release_session_instance()  # ray_session starts it again when next needed
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # a group start the cluster cannot place any more is retried after 20 s (default 60)
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")

@@ -5,43 +5,25 @@ import signal
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from raycontrast.train.launcher import TrainingInterrupted
-from raycontrast.tune._trials import fit_trials, raise_if_interrupted
-
-
-def _grid(done: int, errors: int, running: int) -> list[SimpleNamespace]:
-    """What ``Tuner.fit`` returns after a Ctrl-C, as far as it matters here: Tune marks the trials it
-    was running TERMINATED too, so only an error or a ``done`` last result says a trial ended."""
-    return (
-        [SimpleNamespace(error=None, metrics={"iteration": 4, "done": True})] * done
-        + [SimpleNamespace(error=RuntimeError("boom"), metrics={"iteration": 2})] * errors
-        + [SimpleNamespace(error=None, metrics={"iteration": 2})] * running
-    )
+from raycontrast.tune._trials import fit_trials, raise_if_interrupted, unfinished_trials
 
 
 @pytest.mark.parametrize(
-    "done, errors, running, expected, stopped",
+    "statuses, expected, unfinished",
     [
-        (6, 0, 0, 6, False),  # every trial ended
-        (4, 2, 0, 6, False),  # errors are failures (exit 1 elsewhere), not an interrupt
-        (5, 0, 1, 6, True),  # one trial was still running when Tune returned
-        (4, 0, 0, 6, True),  # Tune creates trials lazily: two were never created
-        (4, 0, 0, 0, False),  # a sweep: only the created trials count
+        (["TERMINATED"] * 6, 6, 0),  # every trial ended
+        (["TERMINATED"] * 4 + ["ERROR"] * 2, 6, 0),  # failed (exit 1), not interrupted
+        (["TERMINATED"] * 5 + ["RUNNING"], 6, 1),  # one trial was still running when Tune returned
+        (["TERMINATED"] * 4 + ["PENDING"], 6, 2),  # one waiting; one never created (Tune is lazy)
+        (["TERMINATED"] * 4, 0, 0),  # a sweep: only the created trials count
     ],
 )
-def test_an_early_return_of_tune_is_an_interrupt(done, errors, running, expected, stopped):
-    grid = _grid(done, errors, running)
-    if not stopped:
-        raise_if_interrupted(grid, "study 's'", "/r", expected=expected)
-        return
-    with pytest.raises(
-        TrainingInterrupted, match=r"study 's': interrupted .* /r\. Rerun .*--resume"
-    ):
-        raise_if_interrupted(grid, "study 's'", "/r", expected=expected)
+def test_unfinished_trials_counts_what_neither_finished_nor_failed(statuses, expected, unfinished):
+    assert unfinished_trials(statuses, expected) == unfinished
 
 
 def _counting(config, marks: str):
@@ -53,12 +35,12 @@ def _counting(config, marks: str):
         time.sleep(config["sleep"])
 
 
-def _fit(tmp_path, name: str, steps: list[int], sleep: float):
+def _fit(tmp_path, name: str, steps: list[int], sleep: float, resume: bool = False):
     """A Tune run of ``_counting`` trials through the plumbing sweeps and studies use."""
     from ray import tune
 
     marks = tmp_path / f"{name}-marks"
-    marks.mkdir()
+    marks.mkdir(exist_ok=True)
     return fit_trials(
         _counting,
         root=str(tmp_path / name),
@@ -70,28 +52,33 @@ def _fit(tmp_path, name: str, steps: list[int], sleep: float):
         mode="max",
         max_concurrent_trials=2,
         max_failures=0,
-        resume=False,
+        resume=resume,
         marks=str(marks),
     )
 
 
-def test_a_real_tune_run_stopped_by_a_signal_is_an_interrupt(ray_session, tmp_path):
+def test_a_real_tune_run_stopped_by_a_signal_is_an_interrupt_until_resumed(ray_session, tmp_path):
     """Against Ray itself: a run stopped (SIGUSR1, which Tune treats as Ctrl-C) while a trial trains
-    is an interrupt, though Tune reports that trial TERMINATED (``grid.num_terminated`` is 2 here).
-    That a run which ends is not one, the study and sweep end-to-end tests show."""
+    is an interrupt, though ``Tuner.fit`` reports that trial TERMINATED; once resumed to the end it
+    is not, though the trial that had finished before the stop comes back without its ``done``."""
 
     def interrupt():  # once the short trial has ended and the long one trains
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             marks = tmp_path / "stopped-marks"
-            if (marks / "1-0").exists() and (marks / "10000-3").exists():
+            if (marks / "1-0").exists() and (marks / "100-3").exists():
                 time.sleep(1.0)  # the short trial's last result reaches Tune
                 break
             time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGUSR1)
 
     threading.Thread(target=interrupt, daemon=True).start()
-    grid = _fit(tmp_path, "stopped", [1, 10000], 0.05)
-    assert sorted(r.metrics.get("done", False) for r in grid) == [False, True]
+    grid = _fit(tmp_path, "stopped", [1, 100], 0.1)
+    assert grid.num_terminated == 2  # what Tune returns says nothing was cut short
+    root = str(tmp_path / "stopped")
     with pytest.raises(TrainingInterrupted, match=r"with 1 of 2 trials unfinished"):
-        raise_if_interrupted(grid, "sweep 'stopped'", "/r")
+        raise_if_interrupted(root, "sweep 'stopped'", "/r")
+
+    resumed = _fit(tmp_path, "stopped", [1, 100], 0.0, resume=True)
+    assert sorted(r.metrics.get("iteration") for r in resumed) == [1, 100]
+    raise_if_interrupted(root, "sweep 'stopped'", "/r")  # ended: no interrupt

@@ -12,18 +12,30 @@ BACKBONE=runs/pretrain_synthetic/backbone.pth
 
 # Finished runs are carried between machines in the repository: their small files (not the
 # checkpoints, plots, TensorBoard events or bank snapshots) are kept under $ARCHIVE/<study>/runs,
-# copied back into runs/studies before the studies start (a study keeps a finished run it finds)
-# and archived again when this script stops, however it stops. Commit $ARCHIVE to keep them.
+# copied back into runs/studies before the studies start (a study keeps a finished run it finds),
+# archived every 10 minutes while the studies run, and once more when this script stops, however
+# it stops. Only a commit (and push) of $ARCHIVE keeps them when the machine goes away.
 ARCHIVE=experiments/studies/results
 STUDIES="confirmatory confirmatory_convergence"
+shopt -s nullglob
+
+for arg in "$@"; do
+  case "$arg" in
+    storage_path=*)
+      echo "run_confirmatory.sh: storage_path= is not supported here: the archive and the" \
+        "resume look for the studies in runs/studies" >&2
+      exit 2
+      ;;
+  esac
+done
 
 restore_runs() {
   for study in $STUDIES; do
-    [ -d "$ARCHIVE/$study/runs" ] || continue
     for src in "$ARCHIVE/$study/runs"/*/; do
+      case "$src" in *.partial/) continue ;; esac
       dst="runs/studies/$study/runs/$(basename "$src")"
-      [ -f "$dst/test.json" ] && continue
-      mkdir -p "$dst" && cp -r "$src". "$dst"/
+      [ -f "$dst/summary.json" ] && [ -f "$dst/test.json" ] && continue
+      rm -rf "$dst" && mkdir -p "$dst" && cp -r "$src". "$dst"/
     done
   done
 }
@@ -31,12 +43,18 @@ restore_runs() {
 archive_runs() {
   for study in $STUDIES; do
     for src in runs/studies/"$study"/runs/*/; do
-      [ -f "$src/test.json" ] || continue  # unfinished: it resumes from its checkpoint here
+      src=${src%/}
+      # finished: the driver writes summary.json after the worker's test.json; others resume here
+      [ -f "$src/summary.json" ] && [ -f "$src/test.json" ] || continue
       dst="$ARCHIVE/$study/runs/$(basename "$src")"
-      mkdir -p "$dst"
-      (cd "$src" && find . -name .validate_storage_marker -prune -o -path ./tb -prune -o -path ./plots -prune -o -path ./bank -prune \
-        -o -name 'checkpoint_*' -prune -o -type f -print) |
-        while read -r f; do mkdir -p "$dst/$(dirname "$f")" && cp "$src/$f" "$dst/$f"; done
+      [ -f "$dst/summary.json" ] && [ -f "$dst/test.json" ] && continue
+      tmp="$dst.partial"
+      rm -rf "$tmp" && mkdir -p "$tmp"
+      (cd "$src" && find . -name .validate_storage_marker -prune -o -path ./tb -prune \
+        -o -path ./plots -prune -o -path ./bank -prune -o -name 'checkpoint_*' -prune \
+        -o -type f -print) |
+        while read -r f; do mkdir -p "$tmp/$(dirname "$f")" && cp "$src/$f" "$tmp/$f"; done
+      rm -rf "$dst" && mv "$tmp" "$dst"  # whole runs only, even if stopped while copying
     done
   done
 }
@@ -58,15 +76,34 @@ if [ -f "$ARCHIVE/confirmatory/backbone.sha256" ]; then
   if [ "$SHA" != "$WANT" ]; then
     echo "run_confirmatory.sh: $BACKBONE has sha256 $SHA, but the archived runs of the" \
       "pretrained regime used $WANT ($ARCHIVE/confirmatory/backbone.sha256). Restore that" \
-      "backbone, or delete $ARCHIVE/confirmatory/runs/confirmatory_pretrained-* and the hash" \
-      "file to rerun that regime with this one" >&2
+      "backbone, or delete $ARCHIVE/confirmatory/runs/confirmatory_pretrained-*, the hash" \
+      "file and runs/studies/confirmatory to rerun that regime with this one" >&2
     exit 1
   fi
 else
   mkdir -p "$ARCHIVE/confirmatory" && echo "$SHA" > "$ARCHIVE/confirmatory/backbone.sha256"
 fi
 restore_runs
-trap archive_runs EXIT
+(
+  nap=""
+  trap 'kill "$nap" 2>/dev/null; exit 0' TERM  # its sleep too: it would hold the output open
+  while :; do
+    sleep 600 &
+    nap=$!
+    wait "$nap"
+    archive_runs || true
+  done
+) &
+ARCHIVER=$!
+on_exit() {
+  local rc=$?
+  set +e
+  kill "$ARCHIVER" 2>/dev/null
+  wait "$ARCHIVER" 2>/dev/null
+  archive_runs
+  exit "$rc"
+}
+trap on_exit EXIT
 for study in $STUDIES; do
   if [ -f "runs/studies/$study/tuner.pkl" ]; then
     $RAYCONTRAST study "experiments/studies/$study.yaml" --resume "$@"

@@ -107,7 +107,15 @@ def raise_if_interrupted(root: str, what: str, results_dir: str, expected: int =
     """
     from raycontrast.train.launcher import TrainingInterrupted
 
-    statuses = saved_trial_statuses(root)
+    try:
+        statuses = saved_trial_statuses(root)
+    except Exception as err:  # Tune only logs a failed save of its state; say what that means
+        print(
+            f"raycontrast: {what}: cannot read the state Tune saved in {root} ({err}); whether "
+            "every trial ended is unknown: check the results, and rerun with --resume if not",
+            flush=True,
+        )
+        return
     unfinished = unfinished_trials(statuses, expected)
     if unfinished > 0:
         total = max(len(statuses), expected)

@@ -137,6 +137,15 @@ class Sweep:
             out.append((self.config.scheduler.time_attr, "scheduler.time_attr"))
         return out
 
+    def num_trials(self) -> int:
+        """Trials Tune runs for this sweep: every grid combination, ``num_samples`` times."""
+        n = self.config.num_samples
+        for spec in self.space.values():
+            ((kind, values),) = spec.items()
+            if kind == "grid":
+                n *= len(values)
+        return n
+
     def tune_space(self) -> dict[str, Any]:
         """The search space as Ray Tune domains (keys are the dotted config keys)."""
         from ray import tune
@@ -352,7 +361,9 @@ def run_sweep(
     summary = summarise_results(sweep, grid)
     results_dir = storage.join(sweep.root, "results")
     finish_group(group, results_dir)
-    raise_if_interrupted(sweep.root, f"sweep {cfg.name!r} ({path})", results_dir)
+    raise_if_interrupted(
+        sweep.root, f"sweep {cfg.name!r} ({path})", results_dir, expected=sweep.num_trials()
+    )
     return summary
 
 

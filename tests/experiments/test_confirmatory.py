@@ -52,9 +52,9 @@ def test_confirmatory_studies_follow_the_protocol():
 SCRIPT = STUDIES / "run_confirmatory.sh"
 
 
-def _script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """run_confirmatory.sh in ``cwd`` with ``raycontrast`` replaced by ``true`` (it trains nothing)."""
-    env = dict(os.environ, RAYCONTRAST="true")
+def _script(cwd: Path, *args: str, raycontrast: str = "true") -> subprocess.CompletedProcess:
+    """run_confirmatory.sh in ``cwd`` with ``raycontrast`` replaced (by default by ``true``)."""
+    env = dict(os.environ, RAYCONTRAST=raycontrast)
     return subprocess.run(
         ["bash", str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
@@ -65,18 +65,22 @@ def _write(path: Path, text: str = "x") -> None:
     path.write_text(text)
 
 
+def _archived(root: Path) -> list[str]:
+    archive = root / "experiments" / "studies" / "results" / "confirmatory" / "runs"
+    return sorted(str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file())
+
+
 def test_finished_runs_are_archived_without_checkpoints_and_restored_on_a_fresh_machine(tmp_path):
     runs = tmp_path / "runs" / "studies" / "confirmatory" / "runs"
     for f in ("test.json", "summary.json", "val.csv", "workers/rank-0.json"):
         _write(runs / "confirmatory_all-ce_only-s100" / f)
     for f in ("checkpoint_1/model.pt", "tb/events", "plots/miou.png", "bank/snapshot.pt"):
         _write(runs / "confirmatory_all-ce_only-s100" / f)
-    _write(runs / "confirmatory_all-full_w0.01-s100" / "summary.json")  # no test.json: unfinished
+    _write(runs / "confirmatory_all-full_w0.01-s100" / "checkpoint_1" / "model.pt")  # training
+    _write(runs / "confirmatory_all-full_w0.1-s100" / "test.json")  # tested, summary not yet
     done = _script(tmp_path, "--archive")
     assert done.returncode == 0, done.stderr
-    archive = tmp_path / "experiments" / "studies" / "results" / "confirmatory" / "runs"
-    kept = sorted(str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file())
-    assert kept == [
+    assert _archived(tmp_path) == [
         f"confirmatory_all-ce_only-s100/{f}"
         for f in ("summary.json", "test.json", "val.csv", "workers/rank-0.json")
     ]
@@ -94,8 +98,26 @@ def test_finished_runs_are_archived_without_checkpoints_and_restored_on_a_fresh_
     sha = fresh / "experiments" / "studies" / "results" / "confirmatory" / "backbone.sha256"
     assert len(sha.read_text().strip()) == 64
 
+    # a study stopped by Ctrl-C (exit 130) after a run finished: the run is archived, 130 kept
+    stub = tmp_path / "raycontrast-stub"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        "d=runs/studies/confirmatory/runs/confirmatory_all-ce_only-s101\n"
+        "mkdir -p $d && touch $d/summary.json $d/test.json\n"
+        "exit 130\n"
+    )
+    stub.chmod(0o755)
+    stopped = _script(fresh, raycontrast=str(stub))
+    assert stopped.returncode == 130, stopped.stderr
+    assert "confirmatory_all-ce_only-s101/test.json" in _archived(fresh)
+
     # the next machine's backbone trained to other bytes: stop before pretrained runs could mix
     _write(fresh / "runs" / "pretrain_synthetic" / "backbone.pth", "other weights")
     stopped = _script(fresh)
     assert stopped.returncode == 1
     assert "backbone.sha256" in stopped.stderr and "confirmatory_pretrained-*" in stopped.stderr
+
+
+def test_a_storage_path_the_archive_cannot_follow_is_refused(tmp_path):
+    refused = _script(tmp_path, "storage_path=/elsewhere")
+    assert refused.returncode == 2 and "storage_path=" in refused.stderr

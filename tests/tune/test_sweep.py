@@ -74,6 +74,16 @@ def test_trial_configs_apply_base_overrides_and_values(write_sweep, tmp_path):
     assert list(space) == ["contrast.memory_size"]
 
 
+def test_num_trials_counts_every_grid_combination_num_samples_times(write_sweep):
+    space = {
+        "contrast.memory_size": {"grid": [100, 200, 300]},
+        "contrast.loss_weight": {"grid": [0.01, 0.1]},
+        "optim.lr": {"loguniform": [0.001, 0.1]},
+    }
+    assert load_sweep(write_sweep("g", space)).num_trials() == 6
+    assert load_sweep(write_sweep("g", space, num_samples=4)).num_trials() == 24
+
+
 def test_command_line_name_and_storage_path_apply_to_the_sweep(write_sweep, tmp_path):
     path = write_sweep("ok", {"contrast.tau": {"grid": [0.1]}})
     sweep = load_sweep(

@@ -16,7 +16,7 @@ from raycontrast.tune._trials import fit_trials, raise_if_interrupted, unfinishe
     "statuses, expected, unfinished",
     [
         (["TERMINATED"] * 6, 6, 0),  # every trial ended
-        (["TERMINATED"] * 4 + ["ERROR"] * 2, 6, 0),  # failed (exit 1), not interrupted
+        (["TERMINATED"] * 4 + ["ERROR"] * 2, 6, 0),  # failed, not interrupted
         (["TERMINATED"] * 5 + ["RUNNING"], 6, 1),  # one trial was still running when Tune returned
         (["TERMINATED"] * 4 + ["PENDING"], 6, 2),  # one waiting; one never created (Tune is lazy)
         (["TERMINATED"] * 4, 0, 0),  # a sweep: only the created trials count
@@ -62,23 +62,31 @@ def test_a_real_tune_run_stopped_by_a_signal_is_an_interrupt_until_resumed(ray_s
     is an interrupt, though ``Tuner.fit`` reports that trial TERMINATED; once resumed to the end it
     is not, though the trial that had finished before the stop comes back without its ``done``."""
 
+    root = tmp_path / "stopped"
+    test_over = threading.Event()
+
     def interrupt():  # once the short trial has ended and the long one trains
+        marks = tmp_path / "stopped-marks"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            marks = tmp_path / "stopped-marks"
-            if (marks / "1-0").exists() and (marks / "100-3").exists():
-                time.sleep(1.0)  # the short trial's last result reaches Tune
+        while time.monotonic() < deadline and not test_over.is_set():
+            if (marks / "1-0").exists() and (marks / "200-3").exists():
+                # time for Tune to take the short trial's return (nothing on disk says when it
+                # has); the long one has about 20 s left
+                time.sleep(3.0)
                 break
             time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        if not test_over.is_set():
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     threading.Thread(target=interrupt, daemon=True).start()
-    grid = _fit(tmp_path, "stopped", [1, 100], 0.1)
+    try:
+        grid = _fit(tmp_path, "stopped", [1, 200], 0.1)
+    finally:
+        test_over.set()
     assert grid.num_terminated == 2  # what Tune returns says nothing was cut short
-    root = str(tmp_path / "stopped")
     with pytest.raises(TrainingInterrupted, match=r"with 1 of 2 trials unfinished"):
-        raise_if_interrupted(root, "sweep 'stopped'", "/r")
+        raise_if_interrupted(str(root), "sweep 'stopped'", "/r")
 
-    resumed = _fit(tmp_path, "stopped", [1, 100], 0.0, resume=True)
-    assert sorted(r.metrics.get("iteration") for r in resumed) == [1, 100]
-    raise_if_interrupted(root, "sweep 'stopped'", "/r")  # ended: no interrupt
+    resumed = _fit(tmp_path, "stopped", [1, 200], 0.0, resume=True)
+    assert sorted(r.metrics.get("iteration") for r in resumed) == [1, 200]
+    raise_if_interrupted(str(root), "sweep 'stopped'", "/r")  # ended: no interrupt

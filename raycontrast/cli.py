@@ -387,6 +387,11 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(err, TrainingInterrupted):
             print(f"raycontrast: {err}", file=sys.stderr)
             return 130
+        from raycontrast.tune import TrialsFailed
+
+        if isinstance(err, TrialsFailed):
+            print(f"raycontrast: error: {err}", file=sys.stderr)
+            return 1
         if not isinstance(err, NonFiniteLoss):
             raise
         print(f"raycontrast: training stopped: {err}", file=sys.stderr)

@@ -64,25 +64,33 @@ if [ "${1:-}" = "--archive" ]; then  # only archive the finished runs (e.g. of a
   exit 0
 fi
 
+# The `pretrained` runs of every machine must start from the same backbone. Pretraining is not
+# bit-reproducible across CPUs (kernels differ), so the backbone itself is archived (45 MB) and
+# copied back instead of retrained; its hash is archived too, and a backbone that differs stops the
+# script before runs from two backbones could mix.
+ARCHIVED_BACKBONE=$ARCHIVE/confirmatory/backbone.pth
+if [ ! -f "$BACKBONE" ] && [ -f "$ARCHIVED_BACKBONE" ]; then
+  mkdir -p "$(dirname "$BACKBONE")" && cp "$ARCHIVED_BACKBONE" "$BACKBONE"
+fi
 if [ ! -f "$BACKBONE" ]; then
   $RAYCONTRAST train experiments/pretrain/synthetic.yaml
   $RAYCONTRAST export runs/pretrain_synthetic --backbone --out "$BACKBONE"
 fi
-# The `pretrained` runs of every machine must start from the same backbone: its hash is archived
-# with the runs, and a backbone that differs stops the script before anything mixes.
 SHA=$(sha256sum "$BACKBONE" | cut -d' ' -f1)
 if [ -f "$ARCHIVE/confirmatory/backbone.sha256" ]; then
   WANT=$(cat "$ARCHIVE/confirmatory/backbone.sha256")
   if [ "$SHA" != "$WANT" ]; then
     echo "run_confirmatory.sh: $BACKBONE has sha256 $SHA, but the archived runs of the" \
       "pretrained regime used $WANT ($ARCHIVE/confirmatory/backbone.sha256). Restore that" \
-      "backbone, or delete $ARCHIVE/confirmatory/runs/confirmatory_pretrained-*, the hash" \
-      "file and runs/studies/confirmatory to rerun that regime with this one" >&2
+      "backbone ($ARCHIVED_BACKBONE), or delete $ARCHIVE/confirmatory/runs/confirmatory_pretrained-*," \
+      "the hash file, $ARCHIVED_BACKBONE and runs/studies/confirmatory to rerun that regime" \
+      "with this one" >&2
     exit 1
   fi
 else
   mkdir -p "$ARCHIVE/confirmatory" && echo "$SHA" > "$ARCHIVE/confirmatory/backbone.sha256"
 fi
+[ -f "$ARCHIVED_BACKBONE" ] || cp "$BACKBONE" "$ARCHIVED_BACKBONE"
 restore_runs
 (
   nap=""

@@ -1,5 +1,6 @@
 """Ray Tune sweeps of experiment config keys, and multi-seed studies comparing arms."""
 
+from raycontrast.tune._trials import TrialsFailed
 from raycontrast.tune.study import Study, StudyConfig, load_study
 from raycontrast.tune.study_run import run_study
 from raycontrast.tune.sweep import (
@@ -17,6 +18,7 @@ __all__ = [
     "StudyConfig",
     "Sweep",
     "SweepConfig",
+    "TrialsFailed",
     "load_study",
     "load_sweep",
     "run_study",

@@ -7,7 +7,7 @@ from typing import Any
 from raycontrast import storage
 from raycontrast.config import ExperimentConfig
 
-__all__ = ["absolute_paths", "concurrency", "fit_trials"]
+__all__ = ["TrialsFailed", "absolute_paths", "concurrency", "fit_trials", "raise_if_incomplete"]
 
 
 def concurrency(requested: int, cpus_per_trial: float) -> int:
@@ -75,8 +75,14 @@ def fit_trials(
     return tuner.fit()
 
 
-def saved_trial_statuses(root: str) -> list[str]:
-    """The status of every trial in the experiment state Tune saved under ``root`` last.
+class TrialsFailed(RuntimeError):
+    """Every trial of a study or sweep ended, but some failed for good (after their retries): the
+    results lack them, so the command exits non-zero; ``--resume`` retries them."""
+
+
+def saved_trials(root: str) -> list[tuple[str, str]]:
+    """``(status, name)`` of every trial in the experiment state Tune saved under ``root`` last
+    (``name``: a study's run, else Tune's trial name).
 
     Not what ``Tuner.fit`` returns: on Ctrl-C Tune saves its state, then marks the trials it was
     running TERMINATED while it stops them, and a trial restored by ``--resume`` lost the ``done``
@@ -84,7 +90,8 @@ def saved_trial_statuses(root: str) -> list[str]:
     """
     from ray.tune import ExperimentAnalysis
 
-    return [t.status for t in ExperimentAnalysis(storage.resolve(root)).trials]
+    trials = ExperimentAnalysis(storage.resolve(root)).trials
+    return [(t.status, str((t.config or {}).get("run") or t)) for t in trials]
 
 
 def unfinished_trials(statuses: list[str], expected: int = 0) -> int:
@@ -94,21 +101,27 @@ def unfinished_trials(statuses: list[str], expected: int = 0) -> int:
     return max(len(statuses), expected) - ended
 
 
-def raise_if_interrupted(root: str, what: str, results_dir: str, expected: int = 0) -> None:
-    """Raise :class:`~raycontrast.train.launcher.TrainingInterrupted` when Tune stopped before every
-    trial ended: on Ctrl-C Tune saves its state and *returns* (it does not raise), so without this a
-    stopped study or sweep would exit 0 and a script running several would go on to the next.
+def raise_if_incomplete(root: str, what: str, results_dir: str, expected: int = 0) -> None:
+    """Raise when Tune returned before every trial succeeded, so that the command does not exit 0.
+
+    On Ctrl-C Tune saves its state and *returns* (it does not raise): without this a stopped study
+    or sweep would exit 0 and a script running several would go on to the next. A trial that
+    failed after its retries is left out of the results just as silently.
 
     Args:
         root: the Tune experiment directory (:func:`fit_trials`' ``root``).
         what: names the study / sweep in the message.
         results_dir: where the partial results were written.
         expected: trials the grid holds when complete; 0: only count the created ones.
+
+    Raises:
+        TrainingInterrupted: some trials had not ended (exit 130).
+        TrialsFailed: every trial ended, some in error (exit 1).
     """
     from raycontrast.train.launcher import TrainingInterrupted
 
     try:
-        statuses = saved_trial_statuses(root)
+        trials = saved_trials(root)
     except Exception as err:  # Tune only logs a failed save of its state; say what that means
         print(
             f"raycontrast: {what}: cannot read the state Tune saved in {root} ({err}); whether "
@@ -116,13 +129,21 @@ def raise_if_interrupted(root: str, what: str, results_dir: str, expected: int =
             flush=True,
         )
         return
-    unfinished = unfinished_trials(statuses, expected)
+    total = max(len(trials), expected)
+    unfinished = unfinished_trials([status for status, _ in trials], expected)
     if unfinished > 0:
-        total = max(len(statuses), expected)
         raise TrainingInterrupted(
             f"{what}: interrupted (Ctrl-C) with {unfinished} of {total} trials "
             f"unfinished; partial results in {results_dir}. Rerun the same command with --resume "
             "to continue: finished trials are kept, the others resume from their last checkpoint"
+        )
+    failed = sorted(name for status, name in trials if status == "ERROR")
+    if failed:
+        raise TrialsFailed(
+            f"{what}: {len(failed)} of {total} trials failed after their retries "
+            f"({', '.join(failed)}); the results in {results_dir} lack them. Each one's error is "
+            f"in its trial folder under {root} (error.txt); fix the cause and rerun the same "
+            "command with --resume: finished trials are kept, the failed ones are retried"
         )
 
 

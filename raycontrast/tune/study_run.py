@@ -13,7 +13,7 @@ import yaml
 from raycontrast import storage
 from raycontrast.errors import ConfigError
 from raycontrast.tune._study_results import load_record, write_results
-from raycontrast.tune._trials import concurrency, fit_trials, raise_if_interrupted
+from raycontrast.tune._trials import concurrency, fit_trials, raise_if_incomplete
 from raycontrast.tune.study import Cell, Study, check_study, load_study, per_run_cpus, study_dict
 
 __all__ = ["finished", "run_study"]
@@ -138,7 +138,7 @@ def run_study(
     )
     results = write_results(study)
     finish_group(group, study.results_dir)
-    raise_if_interrupted(
+    raise_if_incomplete(
         study.root, f"study {cfg.name!r} ({study.path})", study.results_dir, expected=len(runs)
     )
     return results

@@ -42,7 +42,7 @@ from raycontrast.config import (
     save_config,
 )
 from raycontrast.outputs import check_run_dir
-from raycontrast.tune._trials import absolute_paths, fit_trials, raise_if_interrupted
+from raycontrast.tune._trials import absolute_paths, fit_trials, raise_if_incomplete
 
 __all__ = [
     "SPACE_KINDS",
@@ -361,7 +361,7 @@ def run_sweep(
     summary = summarise_results(sweep, grid)
     results_dir = storage.join(sweep.root, "results")
     finish_group(group, results_dir)
-    raise_if_interrupted(
+    raise_if_incomplete(
         sweep.root, f"sweep {cfg.name!r} ({path})", results_dir, expected=sweep.num_trials()
     )
     return summary

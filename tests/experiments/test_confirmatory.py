@@ -97,6 +97,14 @@ def test_finished_runs_are_archived_without_checkpoints_and_restored_on_a_fresh_
     assert (restored / "test.json").is_file() and (restored / "workers" / "rank-0.json").is_file()
     sha = fresh / "experiments" / "studies" / "results" / "confirmatory" / "backbone.sha256"
     assert len(sha.read_text().strip()) == 64
+    assert (sha.parent / "backbone.pth").read_text() == "weights"  # carried with the runs
+
+    # the machine after: no runs/ at all; the archived backbone comes back instead of a retrained one
+    later = tmp_path / "later"
+    shutil.copytree(fresh / "experiments", later / "experiments")
+    done = _script(later)
+    assert done.returncode == 0, done.stderr
+    assert (later / "runs" / "pretrain_synthetic" / "backbone.pth").read_text() == "weights"
 
     # a study stopped by Ctrl-C (exit 130) after a run finished: the run is archived, 130 kept
     stub = tmp_path / "raycontrast-stub"

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from raycontrast.train.launcher import TrainingInterrupted
-from raycontrast.tune._trials import fit_trials, raise_if_interrupted, unfinished_trials
+from raycontrast.tune._trials import (
+    TrialsFailed,
+    fit_trials,
+    raise_if_incomplete,
+    unfinished_trials,
+)
 
 
 @pytest.mark.parametrize(
@@ -85,8 +90,51 @@ def test_a_real_tune_run_stopped_by_a_signal_is_an_interrupt_until_resumed(ray_s
         test_over.set()
     assert grid.num_terminated == 2  # what Tune returns says nothing was cut short
     with pytest.raises(TrainingInterrupted, match=r"with 1 of 2 trials unfinished"):
-        raise_if_interrupted(str(root), "sweep 'stopped'", "/r")
+        raise_if_incomplete(str(root), "sweep 'stopped'", "/r")
 
     resumed = _fit(tmp_path, "stopped", [1, 200], 0.0, resume=True)
     assert sorted(r.metrics.get("iteration") for r in resumed) == [1, 200]
-    raise_if_interrupted(str(root), "sweep 'stopped'", "/r")  # ended: no interrupt
+    raise_if_incomplete(str(root), "sweep 'stopped'", "/r")  # ended: no interrupt
+
+
+def _failing(config):
+    from ray import tune
+
+    if config["run"] == "bad":
+        raise ValueError("this run fails")
+    tune.report({"iteration": 1})
+
+
+def test_a_trial_that_failed_for_good_fails_the_command(ray_session, tmp_path, capsys, monkeypatch):
+    """Against Ray itself: every trial ended, one in error after its retries; that is not an
+    interrupt, but the command must not exit 0 with a trial missing from the results."""
+    from ray import tune
+
+    from raycontrast.cli import main
+
+    root = tmp_path / "failing"
+    fit_trials(
+        _failing,
+        root=str(root),
+        name="failing",
+        storage_path=str(tmp_path),
+        param_space={"run": tune.grid_search(["good", "bad"])},
+        trial_cpus=0.25,
+        metric="iteration",
+        mode="max",
+        max_concurrent_trials=2,
+        max_failures=0,
+        resume=False,
+    )
+    with pytest.raises(TrialsFailed, match=r"1 of 2 trials failed after their retries \(bad\)"):
+        raise_if_incomplete(str(root), "study 'failing'", "/r", expected=2)
+    assert len(list(root.rglob("error.txt"))) == 1  # where the message sends the user
+
+    def run_study(*args, **kwargs):  # the study's last step, on this Tune state
+        raise_if_incomplete(str(root), "study 'failing'", "/r", expected=2)
+
+    import raycontrast.tune
+
+    monkeypatch.setattr(raycontrast.tune, "run_study", run_study)
+    assert main(["study", str(tmp_path / "study.yaml"), "--verbose"]) == 1
+    assert "failed after their retries (bad)" in capsys.readouterr().err

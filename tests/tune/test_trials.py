@@ -40,26 +40,31 @@ def _counting(config, marks: str):
         time.sleep(config["sleep"])
 
 
-def _fit(tmp_path, name: str, steps: list[int], sleep: float, resume: bool = False):
-    """A Tune run of ``_counting`` trials through the plumbing sweeps and studies use."""
-    from ray import tune
-
-    marks = tmp_path / f"{name}-marks"
-    marks.mkdir(exist_ok=True)
+def _fit(fn, tmp_path, name: str, param_space: dict, resume: bool = False, **params):
+    """A Tune run of ``fn`` trials, two at once, through the plumbing sweeps and studies use."""
     return fit_trials(
-        _counting,
+        fn,
         root=str(tmp_path / name),
         name=name,
         storage_path=str(tmp_path),
-        param_space={"steps": tune.grid_search(steps), "sleep": sleep},
+        param_space=param_space,
         trial_cpus=0.25,
         metric="iteration",
         mode="max",
         max_concurrent_trials=2,
         max_failures=0,
         resume=resume,
-        marks=str(marks),
+        **params,
     )
+
+
+def _fit_counting(tmp_path, name: str, steps: list[int], sleep: float, resume: bool = False):
+    from ray import tune
+
+    marks = tmp_path / f"{name}-marks"
+    marks.mkdir(exist_ok=True)
+    space = {"steps": tune.grid_search(steps), "sleep": sleep}
+    return _fit(_counting, tmp_path, name, space, resume=resume, marks=str(marks))
 
 
 def test_a_real_tune_run_stopped_by_a_signal_is_an_interrupt_until_resumed(ray_session, tmp_path):
@@ -85,14 +90,14 @@ def test_a_real_tune_run_stopped_by_a_signal_is_an_interrupt_until_resumed(ray_s
 
     threading.Thread(target=interrupt, daemon=True).start()
     try:
-        grid = _fit(tmp_path, "stopped", [1, 200], 0.1)
+        grid = _fit_counting(tmp_path, "stopped", [1, 200], 0.1)
     finally:
         test_over.set()
     assert grid.num_terminated == 2  # what Tune returns says nothing was cut short
     with pytest.raises(TrainingInterrupted, match=r"with 1 of 2 trials unfinished"):
         raise_if_incomplete(str(root), "sweep 'stopped'", "/r")
 
-    resumed = _fit(tmp_path, "stopped", [1, 200], 0.0, resume=True)
+    resumed = _fit_counting(tmp_path, "stopped", [1, 200], 0.0, resume=True)
     assert sorted(r.metrics.get("iteration") for r in resumed) == [1, 200]
     raise_if_incomplete(str(root), "sweep 'stopped'", "/r")  # ended: no interrupt
 
@@ -113,19 +118,7 @@ def test_a_trial_that_failed_for_good_fails_the_command(ray_session, tmp_path, c
     from raycontrast.cli import main
 
     root = tmp_path / "failing"
-    fit_trials(
-        _failing,
-        root=str(root),
-        name="failing",
-        storage_path=str(tmp_path),
-        param_space={"run": tune.grid_search(["good", "bad"])},
-        trial_cpus=0.25,
-        metric="iteration",
-        mode="max",
-        max_concurrent_trials=2,
-        max_failures=0,
-        resume=False,
-    )
+    _fit(_failing, tmp_path, "failing", {"run": tune.grid_search(["good", "bad"])})
     with pytest.raises(TrialsFailed, match=r"1 of 2 trials failed after their retries \(bad\)"):
         raise_if_incomplete(str(root), "study 'failing'", "/r", expected=2)
     assert len(list(root.rglob("error.txt"))) == 1  # where the message sends the user

@@ -375,7 +375,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"raycontrast: dataset error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        from raycontrast.train import NonFiniteLoss, TrainingInterrupted
+        from raycontrast.train import NonFiniteLoss, TrainingInterrupted, TrialsFailed
         from raycontrast.train.launcher import WorkerFailure
 
         if isinstance(err, WorkerFailure):
@@ -387,8 +387,6 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(err, TrainingInterrupted):
             print(f"raycontrast: {err}", file=sys.stderr)
             return 130
-        from raycontrast.tune import TrialsFailed
-
         if isinstance(err, TrialsFailed):
             print(f"raycontrast: error: {err}", file=sys.stderr)
             return 1

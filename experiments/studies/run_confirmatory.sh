@@ -93,12 +93,12 @@ fi
 [ -f "$ARCHIVED_BACKBONE" ] || cp "$BACKBONE" "$ARCHIVED_BACKBONE"
 restore_runs
 (
-  nap=""
-  trap 'kill "$nap" 2>/dev/null; exit 0' TERM  # its sleep too: it would hold the output open
+  # its sleep too, even one started just before the TERM; and a sleep that outlived it anyway must
+  # not hold the script's output open (a caller reading it would wait 10 minutes)
+  trap 'kill $(jobs -p) 2>/dev/null; exit 0' TERM
   while :; do
-    sleep 600 &
-    nap=$!
-    wait "$nap"
+    sleep 600 >/dev/null 2>&1 &
+    wait $!
     archive_runs || true
   done
 ) &

@@ -12,7 +12,12 @@ Example:
     >>> summary["mIoU"]
 """
 
-from raycontrast.train.launcher import TrainingInterrupted, WorkerFailure, run_training
+from raycontrast.train.launcher import (
+    TrainingInterrupted,
+    TrialsFailed,
+    WorkerFailure,
+    run_training,
+)
 from raycontrast.train.loop import NonFiniteLoss, Trainer, train_loop_per_worker
 from raycontrast.train.preflight import preflight
 
@@ -20,6 +25,7 @@ __all__ = [
     "NonFiniteLoss",
     "Trainer",
     "TrainingInterrupted",
+    "TrialsFailed",
     "WorkerFailure",
     "preflight",
     "run_training",

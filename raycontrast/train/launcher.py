@@ -29,6 +29,7 @@ from raycontrast.train.preflight import (
 
 __all__ = [
     "TrainingInterrupted",
+    "TrialsFailed",
     "WorkerFailure",
     "dry_run",
     "run_training",
@@ -38,6 +39,11 @@ __all__ = [
 
 class TrainingInterrupted(RuntimeError):
     """The run was aborted before finishing (e.g. Ctrl-C in the driver); rerunning resumes it."""
+
+
+class TrialsFailed(RuntimeError):
+    """Every trial of a study or sweep ended, but some failed for good (after their retries): the
+    results lack them, so the command exits non-zero; ``--resume`` retries them."""
 
 
 class WorkerFailure(RuntimeError):

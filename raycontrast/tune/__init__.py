@@ -1,6 +1,5 @@
 """Ray Tune sweeps of experiment config keys, and multi-seed studies comparing arms."""
 
-from raycontrast.tune._trials import TrialsFailed
 from raycontrast.tune.study import Study, StudyConfig, load_study
 from raycontrast.tune.study_run import run_study
 from raycontrast.tune.sweep import (
@@ -18,7 +17,6 @@ __all__ = [
     "StudyConfig",
     "Sweep",
     "SweepConfig",
-    "TrialsFailed",
     "load_study",
     "load_sweep",
     "run_study",

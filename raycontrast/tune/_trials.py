@@ -7,7 +7,7 @@ from typing import Any
 from raycontrast import storage
 from raycontrast.config import ExperimentConfig
 
-__all__ = ["TrialsFailed", "absolute_paths", "concurrency", "fit_trials", "raise_if_incomplete"]
+__all__ = ["absolute_paths", "concurrency", "fit_trials", "raise_if_incomplete"]
 
 
 def concurrency(requested: int, cpus_per_trial: float) -> int:
@@ -75,11 +75,6 @@ def fit_trials(
     return tuner.fit()
 
 
-class TrialsFailed(RuntimeError):
-    """Every trial of a study or sweep ended, but some failed for good (after their retries): the
-    results lack them, so the command exits non-zero; ``--resume`` retries them."""
-
-
 def saved_trials(root: str) -> list[tuple[str, str]]:
     """``(status, name)`` of every trial in the experiment state Tune saved under ``root`` last
     (``name``: a study's run, else Tune's trial name).
@@ -115,10 +110,10 @@ def raise_if_incomplete(root: str, what: str, results_dir: str, expected: int = 
         expected: trials the grid holds when complete; 0: only count the created ones.
 
     Raises:
-        TrainingInterrupted: some trials had not ended (exit 130).
-        TrialsFailed: every trial ended, some in error (exit 1).
+        ~raycontrast.train.TrainingInterrupted: some trials had not ended (exit 130).
+        ~raycontrast.train.TrialsFailed: every trial ended, some in error (exit 1).
     """
-    from raycontrast.train.launcher import TrainingInterrupted
+    from raycontrast.train.launcher import TrainingInterrupted, TrialsFailed
 
     try:
         trials = saved_trials(root)

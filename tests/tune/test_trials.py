@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from raycontrast.train.launcher import TrainingInterrupted
-from raycontrast.tune._trials import (
-    TrialsFailed,
-    fit_trials,
-    raise_if_incomplete,
-    unfinished_trials,
-)
+from raycontrast.train import TrainingInterrupted, TrialsFailed
+from raycontrast.tune._trials import fit_trials, raise_if_incomplete, unfinished_trials
 
 
 @pytest.mark.parametrize(

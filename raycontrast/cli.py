@@ -375,10 +375,14 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"raycontrast: dataset error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        from raycontrast.train import NonFiniteLoss, TrainingInterrupted, TrialsFailed
-        from raycontrast.train.launcher import WorkerFailure
+        from raycontrast.train import (
+            NonFiniteLoss,
+            TrainingInterrupted,
+            TrialsFailed,
+            WorkerFailure,
+        )
 
-        if isinstance(err, WorkerFailure):
+        if isinstance(err, (WorkerFailure, TrialsFailed)):
             from raycontrast.train._cluster import shutdown_local
 
             shutdown_local()  # Ray's own log lines arrive first: the cause is the last line
@@ -387,9 +391,6 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(err, TrainingInterrupted):
             print(f"raycontrast: {err}", file=sys.stderr)
             return 130
-        if isinstance(err, TrialsFailed):
-            print(f"raycontrast: error: {err}", file=sys.stderr)
-            return 1
         if not isinstance(err, NonFiniteLoss):
             raise
         print(f"raycontrast: training stopped: {err}", file=sys.stderr)
